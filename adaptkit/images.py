@@ -1,0 +1,88 @@
+"""Image input and output: any file or array a user has becomes a float RGB array, and back.
+
+Every part of adaptkit (the generalist, the data loaders, `predict`) reads pictures through
+`to_rgb_array`, so that grey X-rays, 16-bit TIFFs, RGBA screenshots and palette PNGs are all
+handled the same way, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ImageLike = Image.Image | np.ndarray | str | Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _integer_scale(array: np.ndarray) -> float:
+    """The full-scale value of an integer image: 8- and 16-bit data are common, wider is rare."""
+    if array.dtype == np.uint8:
+        return 255.0
+    if array.dtype == np.uint16 or (array.size and array.max() <= 65535):
+        return 65535.0
+    return float(array.max())
+
+
+def to_rgb_array(image: ImageLike) -> np.ndarray:
+    """Return `image` as float32 H x W x 3 in [0, 1].
+
+    Grey images are repeated on three channels, alpha is dropped (DICEPTION sees RGB only),
+    palette images are expanded, and 16-bit data keeps its full precision instead of being
+    truncated to 8 bits as PIL's `convert("RGB")` would do.
+    """
+    if isinstance(image, str | Path):
+        with Image.open(image) as opened:
+            opened.load()
+            return to_rgb_array(opened)
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            return to_rgb_array(np.asarray(image))
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] in (2, 4):  # grey + alpha or RGBA
+        array = array[..., :1] if array.shape[-1] == 2 else array[..., :3]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an H x W, H x W x 3 or H x W x 4 image, got shape {array.shape}")
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return (array.astype(np.float32) / max(_integer_scale(array), 1.0)).clip(0.0, 1.0)
+    array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    if array.max(initial=0.0) > 1.0:  # float data in 0..255 or 0..65535
+        array = array / _integer_scale(np.round(array).astype(np.int64))
+    return array.clip(0.0, 1.0)
+
+
+def to_model_batch(images: Sequence[np.ndarray], resolution: int) -> torch.Tensor:
+    """Stack float RGB arrays into a (B, 3, R, R) tensor in [-1, 1] at the model resolution.
+
+    DICEPTION resizes to a square without keeping the aspect ratio; so do we, with
+    anti-aliased bilinear resampling, and `resize_back` undoes it on the output.
+    """
+    tensors = [resize(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1), resolution, resolution)
+               for im in images]
+    return torch.stack(tensors) * 2.0 - 1.0
+
+
+def resize(image: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize a (C, H, W) float tensor; a no-op when the size already matches."""
+    if tuple(image.shape[-2:]) == (height, width):
+        return image
+    if mode == "nearest":
+        return F.interpolate(image[None], size=(height, width), mode="nearest-exact")[0]
+    return F.interpolate(image[None], size=(height, width), mode=mode, antialias=True, align_corners=False)[0]
+
+
+def to_pil(array: np.ndarray) -> Image.Image:
+    """A float [0, 1] H x W x 3 (or H x W) array as an 8-bit PIL image, for PNG output and grids."""
+    return Image.fromarray((np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
