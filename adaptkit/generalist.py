@@ -231,21 +231,21 @@ class Generalist(nn.Module):
         return self.config.resolution // (2 ** (len(self.vae.config.block_out_channels) - 1))
 
     # ---------------------------------------------------------------- building blocks
-    def encode_images(self, pixels: torch.Tensor, generators: list[torch.Generator] | None = None,
-                      sample: bool = True) -> torch.Tensor:
-        """(B, 3, R, R) pixels in [-1, 1] -> latents, (z - shift) * scale with SD3's VAE constants.
+    def encode_posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, R, R) pixels in [-1, 1] -> the VAE posterior's mean and std in SD3's latent space.
 
-        DICEPTION draws the condition latent from the posterior (`sample=True`); deterministic
-        predictors use its mean.
+        Latents are (z - shift) * scale with the constants read from the VAE config. Returning the
+        distribution rather than a draw lets training cache it once and still draw fresh latents.
         """
         dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
-        latents = dist.sample(generators) if sample else dist.mode()
-        return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        scale, shift = self.vae.config.scaling_factor, self.vae.config.shift_factor
+        return (dist.mean - shift) * scale, dist.std * scale
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> (B, 3, R, R) images in [0, 1]."""
+    def decode_latents(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Latents -> (B, 3, R, R) images in [0, 1] (unclamped for differentiable pixel losses)."""
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        return ((self.vae.decode(latents).sample.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        images = (self.vae.decode(latents).sample.float() + 1.0) / 2.0
+        return images.clamp(0.0, 1.0) if clamp else images
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, pooled = self.prompts.encode(prompts)
@@ -286,7 +286,30 @@ class Generalist(nn.Module):
             latents = scheduler.step(velocity, t, latents).prev_sample
         return latents
 
-    # ---------------------------------------------------------------- the user-facing call
+    def predict_latents(self, mean: torch.Tensor, std: torch.Tensor, seeds: Sequence[int], prompt_embeds: torch.Tensor,
+                        pooled: torch.Tensor, steps: int = 28, guidance: float = 2.0, deterministic: bool = False,
+                        points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
+                        ) -> torch.Tensor:
+        """Sample prediction latents from the condition images' posteriors (`encode_posterior`).
+
+        Row i draws its condition latent (as DICEPTION does, from the posterior) and then its
+        starting noise from one generator seeded with `seeds[i]`, on the CPU: a result depends on
+        neither the batch it was in nor the device. `deterministic=True` uses the posterior mean and
+        starts from zeros (the single-step objective's sampler): then the seeds are irrelevant.
+        """
+        if deterministic:
+            condition, noise = mean, torch.zeros_like(mean)
+        else:
+            condition_draws, noises = [], []
+            for seed in seeds:
+                generator = torch.Generator().manual_seed(int(seed))
+                condition_draws.append(torch.randn(mean.shape[1:], generator=generator))
+                noises.append(torch.randn(mean.shape[1:], generator=generator))
+            eps = torch.stack(condition_draws).to(mean.device, mean.dtype)
+            condition, noise = mean + std * eps, torch.stack(noises).to(mean.device, mean.dtype)
+        return self.sample_latents(condition.to(self.dtype), prompt_embeds, pooled, noise.to(self.dtype), steps,
+                                   guidance, points, point_labels)
+
     @torch.inference_mode()
     def predict(self, images: ImageLike | Sequence[ImageLike], prompt: str,
                 points: Sequence[Sequence[Sequence[float]] | None] | None = None, steps: int = 28,
@@ -295,9 +318,7 @@ class Generalist(nn.Module):
         """Colour-encoded predictions for `images` under a task `prompt`.
 
         Images may be paths, PIL images or arrays of any size and mode; each output is resized
-        back to its input's size. Image i uses seed `seed + i` for its posterior draw and noise, so
-        a result does not depend on the batch it was in. `deterministic=True` starts from zeros and
-        uses the posterior mean (the single-step objective's sampler): then the seed is irrelevant.
+        back to its input's size. Image i uses seed `seed + i` (see `predict_latents`).
         `points` gives per image up to five (x, y) pixel points (point-prompted segmentation).
         """
         if isinstance(images, str | Path | np.ndarray) or not isinstance(images, Sequence):
@@ -312,18 +333,12 @@ class Generalist(nn.Module):
         for start in range(0, len(images), batch_size):
             arrays = [to_rgb_array(im) for im in images[start:start + batch_size]]
             count = len(arrays)
-            generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
-            pixels = to_model_batch(arrays, resolution).to(self.device, self.dtype)
-            condition = self.encode_images(pixels, None if deterministic else generators,
-                                           sample=not deterministic)
-            shape = (1, *condition.shape[1:])
-            noise = (torch.zeros((count, *shape[1:])) if deterministic else
-                     torch.cat([torch.randn(shape, generator=g) for g in generators]))
+            mean, std = self.encode_posterior(to_model_batch(arrays, resolution))
             encoded = [self.denoiser.point_encoder.normalise(p, (a.shape[1], a.shape[0]), resolution)
                        for p, a in zip(points[start:start + count], arrays, strict=True)]
-            latents = self.sample_latents(
-                condition, embeds.expand(count, -1, -1), pooled.expand(count, -1),
-                noise.to(self.device, self.dtype), steps, guidance,
+            latents = self.predict_latents(
+                mean, std, range(seed + start, seed + start + count), embeds.expand(count, -1, -1),
+                pooled.expand(count, -1), steps, guidance, deterministic,
                 torch.stack([e[0] for e in encoded]).to(self.device, self.dtype),
                 torch.stack([e[1] for e in encoded]).to(self.device))
             decoded = self.decode_latents(latents).cpu()
@@ -347,9 +362,10 @@ class Generalist(nn.Module):
     def fingerprint(self) -> str:
         """A short hash of the denoiser's weights, recorded with adapters to catch a wrong base."""
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.denoiser.state_dict().items()):
-            if "lora_" in name:
-                continue
+        # a peft-wrapped denoiser names its base weights differently; LoRA weights are not the base
+        tensors = {name.removeprefix("base_model.model.").replace(".base_layer.", "."): tensor
+                   for name, tensor in self.denoiser.state_dict().items() if "lora_" not in name}
+        for name, tensor in sorted(tensors.items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
         return digest.hexdigest()[:16]

@@ -1,0 +1,352 @@
+"""Recipes: a YAML file that says everything about one adaptation, checked before any model loads.
+
+A recipe names the base generalist, the new task (prompt and colour codec), where the labelled
+images come from, the LoRA adapter and the training and inference settings. It is parsed into
+typed dataclasses; every key is checked (unknown keys get a "did you mean"), every value is
+type-checked and range-checked, and `key.path=value` overrides from the command line (or a sweep
+trial) go through the very same checks. The resolved recipe is written beside every adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: names the file, the key and what is wrong."""
+
+
+@dataclass
+class TaskSection:
+    """The new task: its prompt and how its target is colour-encoded."""
+
+    prompt: str = ""
+    codec: str = "binary_mask"
+    codec_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BaseSection:
+    """The frozen generalist to adapt."""
+
+    generalist: str = "default"
+    sd3: str = "stabilityai/stable-diffusion-3-medium-diffusers"
+    weights: str = "Canyu/DICEPTION"
+    resolution: int | None = None
+
+
+@dataclass
+class DataSection:
+    """Where labelled pairs come from and how many of each split to draw."""
+
+    source: Literal["folder", "hf", "coco", "synth"] = "folder"
+    path: str = ""
+    images: str = "images"
+    targets: str = "masks"
+    image_column: str = "image"
+    target_column: str = "mask"
+    split: str = "train"
+    train_shots: int = 50
+    val_shots: int = 20
+    test_shots: int = 0
+    seed: int = 0
+    hflip: bool = True
+    synth_task: str = ""
+    synth_resolution: int = 64
+
+
+@dataclass
+class AdapterSection:
+    """The LoRA adapter (peft)."""
+
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: str | list[str] = "attention"
+
+
+@dataclass
+class TrainSection:
+    """Optimisation. `objective` picks the training target and, with it, the sampler at inference."""
+
+    objective: Literal["flow", "single_step"] = "single_step"
+    pixel_loss: bool = False
+    steps: int = 1500
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-4
+    warmup: int = 50
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    val_every: int = 100
+    monitor: str = ""
+    early_stop: int = 0
+    devices: str | int = "auto"
+    strategy: str = "auto"
+    accelerator: str = "auto"
+
+
+@dataclass
+class InferenceSection:
+    """How predictions are sampled (a single-step adapter only accepts steps 1, guidance 1)."""
+
+    steps: int = 1
+    guidance: float = 1.0
+    ensemble: int = 1
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
+class EvalSection:
+    metrics: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recipe:
+    name: str = "adapter"
+    task: TaskSection = field(default_factory=TaskSection)
+    base: BaseSection = field(default_factory=BaseSection)
+    data: DataSection = field(default_factory=DataSection)
+    adapter: AdapterSection = field(default_factory=AdapterSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    source: str = field(default="<memory>", metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data (what `adaptkit check` prints and adapters record)."""
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ------------------------------------------------------------------------ parsing
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "null")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a field annotation, converting what YAML and `key=value` can't say exactly."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        if value in args or str(value) in args:
+            return str(value) if str(value) in args else value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(f"{where}: {value!r} is not one of {_type_name(annotation)}{hint}")
+    if isinstance(annotation, types.UnionType) or origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{where}: expected {_type_name(annotation)}, got {value!r}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 1e-4 (no dot) as a string
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
+    elif origin is dict and isinstance(value, dict):
+        return dict(value)
+    raise RecipeError(f"{where}: expected {_type_name(annotation)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, failing on unknown keys with a suggestion."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where or 'recipe'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise RecipeError(f"{where + ': ' if where else ''}unknown key {key!r}{hint}")
+        child = f"{where}.{key}" if where else key
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            values[key] = _build(annotation, value if value is not None else {}, child)
+        else:
+            values[key] = _coerce(value, annotation, child)
+    return cls(**values)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {dotted}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """`["train.lr=3e-4", "adapter.rank=8"]` (or a dict of dotted keys) -> a nested mapping.
+
+    Values are read as YAML scalars, so `8` is an int, `true` a bool and `[a, b]` a list.
+    """
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if not isinstance(overrides, dict):
+        parsed = []
+        for text in overrides:
+            if "=" not in text:
+                raise RecipeError(f"override {text!r}: expected key.path=value, e.g. train.lr=1e-4")
+            key, raw = text.split("=", 1)
+            parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+        items = parsed
+    nested: dict[str, Any] = {}
+    for key, value in items:
+        _set_path(nested, key, value)
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validate(recipe: Recipe) -> None:
+    """Values that type-check but cannot run, caught before any model is loaded."""
+    where = recipe.source
+    checks = [
+        (bool(recipe.task.prompt.strip()), "task.prompt is empty: name the new task's prompt, e.g. '[[image2lung]]'"),
+        (recipe.adapter.rank >= 1, f"adapter.rank must be >= 1, got {recipe.adapter.rank}"),
+        (recipe.adapter.alpha > 0, f"adapter.alpha must be > 0, got {recipe.adapter.alpha}"),
+        (0 <= recipe.adapter.dropout < 1, f"adapter.dropout must be in [0, 1), got {recipe.adapter.dropout}"),
+        (recipe.data.train_shots >= 1, f"data.train_shots must be >= 1, got {recipe.data.train_shots}"),
+        (recipe.data.val_shots >= 0, f"data.val_shots must be >= 0, got {recipe.data.val_shots}"),
+        (recipe.data.test_shots >= 0, f"data.test_shots must be >= 0, got {recipe.data.test_shots}"),
+        (recipe.train.steps >= 1, f"train.steps must be >= 1, got {recipe.train.steps}"),
+        (recipe.train.batch_size >= 1, f"train.batch_size must be >= 1, got {recipe.train.batch_size}"),
+        (recipe.train.grad_accum >= 1, f"train.grad_accum must be >= 1, got {recipe.train.grad_accum}"),
+        (recipe.train.lr > 0, f"train.lr must be > 0, got {recipe.train.lr}"),
+        (recipe.train.warmup >= 0, f"train.warmup must be >= 0, got {recipe.train.warmup}"),
+        (recipe.train.val_every >= 1, f"train.val_every must be >= 1, got {recipe.train.val_every}"),
+        (recipe.inference.steps >= 1, f"inference.steps must be >= 1, got {recipe.inference.steps}"),
+        (recipe.inference.ensemble >= 1, f"inference.ensemble must be >= 1, got {recipe.inference.ensemble}"),
+        (recipe.base.resolution is None or (recipe.base.resolution >= 16 and recipe.base.resolution % 16 == 0),
+         f"base.resolution must be a multiple of 16, got {recipe.base.resolution}"),
+        (recipe.data.source == "synth" or bool(recipe.data.path),
+         f"data.path is empty: give the folder, Hub dataset id or COCO json for source {recipe.data.source!r}"),
+        (recipe.data.source != "synth" or bool(recipe.data.synth_task),
+         "data.synth_task is empty: name a held-out synthetic task, e.g. 'shadow'"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(f"{where}: {message}")
+    if recipe.train.objective == "single_step" and (recipe.inference.steps, recipe.inference.guidance) != (1, 1.0):
+        raise RecipeError(
+            f"{where}: train.objective single_step predicts in one deterministic pass, so inference.steps must "
+            f"be 1 and inference.guidance 1.0 (got {recipe.inference.steps}, {recipe.inference.guidance}); "
+            "use train.objective=flow for multi-step sampling")
+    if recipe.data.source in ("folder", "coco") and not Path(recipe.data.path).expanduser().exists():
+        raise RecipeError(f"{where}: data.path {recipe.data.path!r} does not exist")
+
+
+def load_recipe(path_or_name: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None,
+                ) -> Recipe:
+    """Read, override and validate a recipe: a YAML path, a bundled recipe name, or a mapping.
+
+    Relative `data.path` values are resolved against the recipe file's folder (bundled recipes:
+    the working directory), so a recipe and its data can travel together.
+    """
+    if isinstance(path_or_name, dict):
+        raw, source, folder = path_or_name, "<recipe>", Path.cwd()
+    else:
+        path = resolve_recipe_path(path_or_name)
+        source = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise RecipeError(f"{path}: not valid YAML: {error}") from error
+        folder = Path.cwd() if path.parent == bundled_recipe_dir() else path.parent
+    if overrides:
+        raw = _merge(raw, parse_overrides(overrides))
+    try:
+        recipe = _build(Recipe, raw, "")
+    except RecipeError as error:
+        raise RecipeError(f"{source}: {error}") from None
+    recipe.source = source
+    if recipe.data.path and recipe.data.source in ("folder", "coco") and not Path(recipe.data.path).is_absolute():
+        candidate = folder / recipe.data.path
+        if candidate.exists() or not Path(recipe.data.path).exists():
+            recipe.data.path = str(candidate)
+    _validate(recipe)
+    return recipe
+
+
+def bundled_recipe_dir() -> Path:
+    return Path(str(resources.files("adaptkit") / "recipes"))
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """(name, first comment line) of each bundled recipe, for `adaptkit recipes`."""
+    rows = []
+    for path in sorted(bundled_recipe_dir().glob("*.yaml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        rows.append((path.stem, first.lstrip("# ").strip()))
+    return rows
+
+
+def resolve_recipe_path(path_or_name: str | Path) -> Path:
+    """A YAML path, or the name of a bundled recipe (`quickstart`)."""
+    path = Path(path_or_name).expanduser()
+    if path.is_file():
+        return path
+    bundled = bundled_recipe_dir() / f"{path_or_name}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = [name for name, _ in list_recipes()]
+    close = difflib.get_close_matches(str(path_or_name), names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; bundled recipes: {', '.join(names)}"
+    raise RecipeError(f"recipe {str(path_or_name)!r} is neither a file nor a bundled recipe{hint}")
