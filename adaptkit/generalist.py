@@ -182,6 +182,7 @@ class GeneralistConfig:
     resolution: int = 768
     max_sequence_length: int = 256
     task_prompts: dict[str, str] = field(default_factory=lambda: dict(DICEPTION_TASK_PROMPTS))
+    objective: str = "flow"  # how it was trained, hence how its built-in tasks are sampled
     description: str = ""
 
 
@@ -579,7 +580,10 @@ def load_generalist(name: str | Path, device: torch.device | str | None = None,
     if str(name) == "tiny":
         from adaptkit.tiny import build_tiny_generalist
 
-        return build_tiny_generalist().to_runtime(device, dtype)
+        generalist = build_tiny_generalist()
+        if not kwargs.get("load_text_encoders", True):
+            generalist.prompts.drop_text_encoders()
+        return generalist.to_runtime(device, dtype)
     if str(name) == "diception":
         return Generalist.from_diception(device=device, dtype=dtype, **kwargs)
     return Generalist.from_pretrained(name, device=device, dtype=dtype, **kwargs)

@@ -751,3 +751,25 @@ def build_metrics(codec_name: str, names: list[str] | None = None, **kwargs: Any
         name.replace(".", "_"): table[name](**{k: v for k, v in kwargs.items() if k in options[name]}) for name in names
     }
     return MetricCollection(metrics)
+
+
+#: The metric space that matches each depth codec mode (metrics align scale and shift in it).
+_DEPTH_SPACE = {"inverse": "disparity", "linear": "depth", "log": "log"}
+
+
+def build_codec_metrics(codec: Any, names: list[str] | None = None) -> MetricCollection:
+    """``build_metrics`` with the options a codec's encoding implies.
+
+    A semantic codec fixes the number of classes and the ignore index; a depth codec the space in
+    which predictions are aligned (DICEPTION's inverse depth -> disparity). Takes any object with
+    ``name`` and ``to_config()`` so this module needs nothing from the codec module.
+    """
+    config = codec.to_config()
+    options: dict[str, Any] = {}
+    if codec.name == "semantic":
+        options = {"num_classes": config["num_classes"], "ignore_index": config["ignore_index"]}
+    elif codec.name == "depth":
+        options = {"space": _DEPTH_SPACE[config["mode"]]}
+    chosen = DEFAULT_METRICS[codec.name] if names is None else names
+    accepted = set().union(*(_options(METRICS[codec.name][n]) for n in chosen if n in METRICS[codec.name]))
+    return build_metrics(codec.name, names, **{k: v for k, v in options.items() if k in accepted})

@@ -58,6 +58,7 @@ class DataSection:
     train_shots: int = 50
     val_shots: int = 20
     test_shots: int = 0
+    categories: list[str | int] | None = None
     seed: int = 0
     hflip: bool = True
     synth_task: str = ""
@@ -265,7 +266,8 @@ def _validate(recipe: Recipe) -> None:
         (0 <= recipe.adapter.dropout < 1, f"adapter.dropout must be in [0, 1), got {recipe.adapter.dropout}"),
         (recipe.data.train_shots >= 1, f"data.train_shots must be >= 1, got {recipe.data.train_shots}"),
         (recipe.data.val_shots >= 0, f"data.val_shots must be >= 0, got {recipe.data.val_shots}"),
-        (recipe.data.test_shots >= 0, f"data.test_shots must be >= 0, got {recipe.data.test_shots}"),
+        (recipe.data.test_shots >= -1, f"data.test_shots must be >= 0 (or -1 for all the rest), got "
+                                        f"{recipe.data.test_shots}"),
         (recipe.train.steps >= 1, f"train.steps must be >= 1, got {recipe.train.steps}"),
         (recipe.train.batch_size >= 1, f"train.batch_size must be >= 1, got {recipe.train.batch_size}"),
         (recipe.train.grad_accum >= 1, f"train.grad_accum must be >= 1, got {recipe.train.grad_accum}"),

@@ -1,0 +1,367 @@
+"""Pretraining the embedded default: a small generalist of DICEPTION's architecture, on the synthetic world.
+
+No DICEPTION weights can be downloaded everywhere, yet the claim worth showing is that a
+*pretrained* generalist adapts from ~50 images. So adaptkit pretrains its own small one, with the
+same classes, prompt format, codecs and folder layout as the real one, in two resumable stages:
+
+1. `vae`: the SD3-style VAE learns to reconstruct rendered images and colour-encoded targets.
+2. `generalist`: the in-context transformer and point encoder learn the DICEPTION tasks (depth,
+   normals, entities, semantic by class prompt, point-prompted segmentation) from cached latents,
+   with a pluggable objective (`single_step` by default: it learns in minutes on a CPU).
+
+Each stage checkpoints every few hundred steps (weights as safetensors, optimiser state loaded with
+`weights_only=True`) and resumes where it stopped; batches are drawn from `seed + step`, so a
+resumed run is the run that was never interrupted. Hours of 2-core CPU: a background job, never CI.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from adaptkit.codecs import Instances, build_codec
+from adaptkit.generalist import DICEPTION_TASK_PROMPTS, Generalist
+from adaptkit.images import to_model_batch
+from adaptkit.metrics import build_codec_metrics
+from adaptkit.synth import SEMANTIC_CLASSES, render_scene, sample_point_prompt
+from adaptkit.tiny import TinySpec, build_tiny_generalist
+from adaptkit.training import OBJECTIVES
+
+#: The default's architecture: 4 blocks of 4 x 32 heads (2.3 M transformer parameters), 64 px images and
+#: a 4x VAE (16 x 16 x 16 latents): sized so that pretraining fits an afternoon of 2 CPU cores and a
+#: few-shot LoRA run a few minutes (see benchmarks/ and the README).
+DEFAULT_SPEC = TinySpec(resolution=64, layers=4, heads=4, head_dim=32, vae_channels=(16, 32, 64),
+                        vae_norm_groups=8, clip_dim=32, t5_dim=64, text_layers=1, max_tokens=12,
+                        num_frequencies=64, seed=0, name="adaptkit-default")
+
+#: DICEPTION's prompt per pretraining task (semantic adds the class name, as the release does).
+TASK_PROMPTS = {"depth": DICEPTION_TASK_PROMPTS["depth"], "normals": DICEPTION_TASK_PROMPTS["normal"],
+                "entity": DICEPTION_TASK_PROMPTS["entity"], "semantic": DICEPTION_TASK_PROMPTS["semantic"],
+                "point_segmentation": DICEPTION_TASK_PROMPTS["segmentation"]}
+TASK_CODECS = {"depth": "depth", "normals": "normals", "entity": "instances", "semantic": "binary_mask",
+               "point_segmentation": "binary_mask"}
+TASK_METRIC = {"depth": "absrel", "normals": "mean_angle", "entity": "map50", "semantic": "iou",
+               "point_segmentation": "iou"}
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that determines the result; recorded beside it."""
+
+    seed: int = 0
+    scenes: int = 3000
+    val_scenes: int = 100
+    vae_steps: int = 1500
+    vae_batch: int = 8
+    vae_lr: float = 1e-3
+    steps: int = 3000
+    batch: int = 16
+    lr: float = 5e-4
+    warmup: int = 100
+    objective: str = "single_step"
+    checkpoint_every: int = 250
+    spec: dict = field(default_factory=lambda: asdict(DEFAULT_SPEC))
+
+
+@dataclass
+class Item:
+    """One pretraining example: a scene, a task prompt and the colour-encoded target."""
+
+    scene: int
+    task: str
+    prompt: str
+    target: np.ndarray
+    truth: object
+    points: list[tuple[int, int]] | None = None
+
+
+def scene_items(index: int, seed: int, resolution: int) -> tuple[np.ndarray, list[Item]]:
+    """A rendered scene and its examples of every pretraining task (semantic: one per class present)."""
+    sample = render_scene(seed * 1_000_003 + index, resolution)
+    rng = np.random.default_rng([seed, index])
+    codecs = {task: build_codec(name) for task, name in TASK_CODECS.items()}
+    truths = {"depth": sample.depth, "normals": sample.normals, "entity": Instances.from_label_map(sample.instances)}
+    items = [Item(index, task, TASK_PROMPTS[task], codecs[task].encode(truth), truth) for task, truth in truths.items()]
+    for class_index, name in enumerate(SEMANTIC_CLASSES):
+        mask = sample.semantic == class_index
+        if name != "background" and mask.any():
+            items.append(Item(index, "semantic", f"{TASK_PROMPTS['semantic']} {name}",
+                              codecs["semantic"].encode(mask), mask))
+    if sample.instances.max() > 0:
+        points, _, mask = sample_point_prompt(sample, rng, max_points=int(rng.integers(1, 4)))
+        items.append(Item(index, "point_segmentation", TASK_PROMPTS["point_segmentation"],
+                          codecs["point_segmentation"].encode(mask), mask, [tuple(map(int, p)) for p in points]))
+    return sample.image, items
+
+
+def build_pool(first: int, count: int, seed: int, resolution: int) -> tuple[list[np.ndarray], list[Item]]:
+    images, items = [], []
+    for index in tqdm(range(first, first + count), desc="render scenes", unit="scene", leave=False):
+        image, scene = scene_items(index, seed, resolution)
+        images.append(image)
+        items.extend(scene)
+    return images, items
+
+
+# ------------------------------------------------------------------------ checkpoints
+class Checkpoint:
+    """A stage's resumable state: model weights (safetensors), optimiser state and the step reached."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def step(self) -> int:
+        state = self.folder / "state.json"
+        return json.loads(state.read_text())["step"] if state.is_file() else 0
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        weights, opt = self.folder / "model.safetensors", self.folder / "optimizer.pt"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights.with_suffix(".tmp")))
+        torch.save(optimizer.state_dict(), opt.with_suffix(".tmp"))
+        weights.with_suffix(".tmp").replace(weights)
+        opt.with_suffix(".tmp").replace(opt)
+        (self.folder / "state.json").write_text(json.dumps({"step": step}))
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        if not self.step:
+            return 0
+        model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
+        optimizer.load_state_dict(torch.load(self.folder / "optimizer.pt", weights_only=True))
+        return self.step
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return 0.5 * (1 + np.cos(np.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _log(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+# ------------------------------------------------------------------------ stage 1: the VAE
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1.0 / F.mse_loss(a.clamp(0, 1), b.clamp(0, 1)).clamp_min(1e-10)))
+
+
+def train_vae(generalist: Generalist, config: PretrainConfig, out: Path) -> dict[str, float]:
+    """L1 + tiny KL on a mix of rendered images and every task's colour-encoded targets."""
+    resolution = generalist.config.resolution
+    images, items = build_pool(0, config.scenes // 4, config.seed, resolution)
+    pictures = torch.from_numpy(np.stack(images + [item.target for item in items])).permute(0, 3, 1, 2).half()
+    val_images, val_items = build_pool(10_000_000, config.val_scenes, config.seed, resolution)
+    val = torch.from_numpy(np.stack(val_images + [i.target for i in val_items][:len(val_images)])).permute(0, 3, 1, 2)
+    vae = generalist.vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    checkpoint = Checkpoint(out / "vae")
+    start = checkpoint.restore(vae, optimizer)
+    bar = tqdm(range(start, config.vae_steps), initial=start, total=config.vae_steps, desc="pretrain vae",
+               unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = config.vae_lr * _schedule(step, config.vae_steps, 100)
+        rng = np.random.default_rng([config.seed, 1, step])
+        batch = pictures[rng.integers(0, len(pictures), config.vae_batch)].float()
+        if rng.random() < 0.5:
+            batch = batch.flip(-1)
+        posterior = vae.encode(batch * 2 - 1).latent_dist
+        reconstruction = (vae.decode(posterior.sample()).sample + 1) / 2
+        loss = F.l1_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.vae_steps:
+            with torch.no_grad():
+                vae.eval()
+                value = psnr((vae.decode(vae.encode(val * 2 - 1).latent_dist.mode()).sample + 1) / 2, val)
+                vae.train()
+            checkpoint.save(done, vae, optimizer)
+            _log(out / "vae" / "log.csv", {"step": done, "loss": loss.item(), "val_psnr": value,
+                                           "time": time.time()})
+            bar.write(f"vae step {done}: loss {loss.item():.4f}, validation PSNR {value:.2f} dB")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        final = psnr((vae.decode(vae.encode(val * 2 - 1).latent_dist.mode()).sample + 1) / 2, val)
+    return {"vae_psnr_db": final}
+
+
+# ------------------------------------------------------------------------ stage 2: the generalist
+@torch.no_grad()
+def encode_pool(generalist: Generalist, images: list[np.ndarray], items: list[Item], batch: int = 64,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means of every scene image and every item's target (the single-step inputs and goals)."""
+    resolution = generalist.config.resolution
+
+    def encode(arrays: list[np.ndarray], what: str) -> torch.Tensor:
+        out = []
+        for start in tqdm(range(0, len(arrays), batch), desc=f"encode {what}", leave=False):
+            out.append(generalist.encode_posterior(to_model_batch(arrays[start:start + batch], resolution))[0])
+        return torch.cat(out)
+
+    return encode(images, "images"), encode([item.target for item in items], "targets")
+
+
+class PretrainData:
+    """Cached latents of a scene pool, prompts as indices into an embedding table, task-balanced batches."""
+
+    def __init__(self, generalist: Generalist, images: list[np.ndarray], items: list[Item]) -> None:
+        self.items = items
+        self.conditions, self.targets = encode_pool(generalist, images, items)
+        self.prompts = sorted({item.prompt for item in items} | {""})
+        self.embeds, self.pooled = generalist.prompts.encode(self.prompts)
+        self.prompt_index = torch.tensor([self.prompts.index(item.prompt) for item in items])
+        first_scene = items[0].scene
+        self.scene_index = torch.tensor([item.scene - first_scene for item in items])
+        normalised = [generalist.denoiser.point_encoder.normalise(item.points, images[0].shape[1::-1],
+                                                                  generalist.config.resolution) for item in items]
+        self.points = torch.stack([p for p, _ in normalised])
+        self.point_labels = torch.stack([label for _, label in normalised])
+        self.by_task = {task: np.array([i for i, item in enumerate(items) if item.task == task])
+                        for task in TASK_PROMPTS}
+
+    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        rows_t = torch.from_numpy(rows)
+        condition = self.conditions[self.scene_index[rows_t]]
+        target = self.targets[rows_t]
+        return {"condition_mean": condition, "condition_std": torch.zeros_like(condition),
+                "target_mean": target, "target_std": torch.zeros_like(target),
+                "prompt": self.prompt_index[rows_t], "points": self.points[rows_t],
+                "point_labels": self.point_labels[rows_t]}
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        tasks = rng.choice(list(self.by_task), size=size)
+        return np.array([rng.choice(self.by_task[task]) for task in tasks])
+
+
+def make_denoise(generalist: Generalist, data: PretrainData, batch: dict[str, torch.Tensor]):
+    embeds, pooled = data.embeds[batch["prompt"]], data.pooled[batch["prompt"]]
+
+    def denoise(noisy: torch.Tensor, condition: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return generalist.denoiser(noisy, condition, timesteps, embeds, pooled, batch["points"],
+                                   batch["point_labels"])
+
+    return denoise
+
+
+@torch.no_grad()
+def evaluate(generalist: Generalist, data: PretrainData, objective: str, limit: int = 60) -> dict[str, float]:
+    """Zero-shot metrics per pretraining task on held-out scenes (one-step deterministic sampling)."""
+    generalist.eval()
+    results = {}
+    for task, rows in data.by_task.items():
+        rows = rows[:limit]
+        codec = build_codec(TASK_CODECS[task])
+        metric = build_codec_metrics(codec, [TASK_METRIC[task]])
+        for start in range(0, len(rows), 32):
+            batch = data.batch(rows[start:start + 32])
+            denoise = make_denoise(generalist, data, batch)
+            deterministic = OBJECTIVES[objective].deterministic
+            condition = batch["condition_mean"]
+            noise = torch.zeros_like(condition) if deterministic else torch.randn(
+                condition.shape, generator=torch.Generator().manual_seed(start))
+            steps = 1 if deterministic else 8
+            latents = _euler(generalist, denoise, condition, noise, steps)
+            images = generalist.decode_latents(latents).permute(0, 2, 3, 1).numpy()
+            for row, image in zip(rows[start:start + 32], images, strict=True):
+                metric.update(codec.decode(image), data.items[row].truth)
+        results[f"{task}/{TASK_METRIC[task]}"] = float(next(iter(metric.compute().values())))
+    generalist.train()
+    return results
+
+
+def _euler(generalist: Generalist, denoise, condition: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """The generalist's flow-matching Euler sampler with per-row prompts bound into `denoise`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(generalist.scheduler.config)
+    scheduler.set_timesteps(steps)
+    latents = noise
+    for t in scheduler.timesteps:
+        latents = scheduler.step(denoise(latents, condition, t.expand(len(latents))), t, latents).prev_sample
+    return latents
+
+
+def train_generalist(generalist: Generalist, config: PretrainConfig, out: Path) -> dict[str, float]:
+    """Full training of the denoiser (transformer + point encoder) on the pretraining tasks."""
+    resolution = generalist.config.resolution
+    images, items = build_pool(0, config.scenes, config.seed, resolution)
+    data = PretrainData(generalist, images, items)
+    val_images, val_items = build_pool(10_000_000, config.val_scenes, config.seed, resolution)
+    val = PretrainData(generalist, val_images, val_items)
+    objective = OBJECTIVES[config.objective]()
+    denoiser = generalist.denoiser.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=0.0)
+    checkpoint = Checkpoint(out / "generalist")
+    start = checkpoint.restore(denoiser, optimizer)
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="pretrain generalist",
+               unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * _schedule(step, config.steps, config.warmup)
+        rng = np.random.default_rng([config.seed, 2, step])
+        batch = data.batch(data.sample(rng, config.batch))
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        loss = objective.loss(generalist, make_denoise(generalist, data, batch), batch, generator)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            checkpoint.save(done, denoiser, optimizer)
+            scores = evaluate(generalist, val, config.objective) if done % (4 * config.checkpoint_every) == 0 \
+                or done == config.steps else {}
+            _log(out / "generalist" / "log.csv", {"step": done, "loss": loss.item(), "time": time.time(),
+                                                  "scores": json.dumps(scores)})
+            bar.write(f"generalist step {done}: loss {loss.item():.4f} {scores}")
+    denoiser.eval().requires_grad_(False)
+    return evaluate(generalist, val, config.objective, limit=10_000)
+
+
+def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tuple[str, ...] = ("vae", "generalist"),
+             ) -> Generalist:
+    """Run (or resume) the stages and write the generalist folder `out/default` with its report."""
+    config = config or PretrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    spec = TinySpec(**{**config.spec, "vae_channels": tuple(config.spec["vae_channels"])})
+    generalist = build_tiny_generalist(spec).to_runtime("cpu")
+    report: dict[str, float] = {}
+    if "vae" in stages:
+        report |= train_vae(generalist, config, out)
+    elif (out / "vae" / "model.safetensors").is_file():
+        generalist.vae.load_state_dict(load_file(str(out / "vae" / "model.safetensors")))
+    if "generalist" in stages:
+        report |= train_generalist(generalist, config, out)
+    generalist.config.description = (
+        f"adaptkit's embedded default: {spec.layers} x {spec.heads * spec.head_dim} SD3 transformer pretrained "
+        f"with the {config.objective} objective on the synthetic world ({config.scenes} scenes, {config.steps} steps)")
+    generalist.config.task_prompts = {task: prompt for task, prompt in TASK_PROMPTS.items()}
+    generalist.config.objective = config.objective
+    generalist.save_pretrained(out / "default")
+    (out / "default" / "pretraining.json").write_text(json.dumps({"config": asdict(config), "zero_shot": report},
+                                                                  indent=2))
+    return generalist
+

@@ -1,0 +1,197 @@
+"""Training LoRA adapters on the tiny generalist: the artifact, reloading, resuming, failures, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from adaptkit.adapters import AdaptedModel, AdapterError, resolve_targets
+from adaptkit.data import check_all, open_source
+from adaptkit.inference import evaluate, predict_files
+from adaptkit.recipe import load_recipe
+from adaptkit.tiny import TinySpec, build_tiny_generalist
+from adaptkit.training import SingleStep, TrainingError, train
+
+RECIPE = {
+    "name": "shadow-test",
+    "task": {"prompt": "[[image2shadow]]", "codec": "binary_mask"},
+    "base": {"generalist": "tiny"},
+    "data": {"source": "synth", "synth_task": "shadow", "synth_resolution": 32, "train_shots": 6, "val_shots": 4},
+    "adapter": {"rank": 4, "alpha": 4},
+    "train": {"steps": 8, "batch_size": 4, "val_every": 4, "warmup": 2, "lr": 3e-3, "seed": 0},
+    "inference": {"batch_size": 4},
+}
+
+
+def recipe(**overrides):
+    return load_recipe(RECIPE, overrides)
+
+
+def _losses(out: Path) -> list[float]:
+    with (out / "logs" / "metrics.csv").open() as handle:
+        return [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train(recipe(), out, progress=False)
+    return out
+
+
+def test_training_writes_a_complete_shareable_adapter(trained):
+    adapter = trained / "adapter"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adaptkit.json", "prompt_embeds.safetensors",
+                 "README.md"):
+        assert (adapter / name).is_file(), name
+    meta = json.loads((adapter / "adaptkit.json").read_text())
+    assert meta["prompt"] == "[[image2shadow]]" and meta["codec"] == "binary_mask"
+    assert meta["objective"] == "single_step"
+    assert len(meta["samples"]["train"]) == 6 and len(meta["samples"]["val"]) == 4
+    assert meta["base_fingerprint"] == build_tiny_generalist().fingerprint()
+    assert 0 < meta["trainable_parameters"] < meta["base_parameters"]
+    assert set(meta["metrics"]) >= {"dice", "iou"}
+    history = json.loads((trained / "metrics.json").read_text())["history"]
+    assert [row["step"] for row in history] == [0, 4, 8]  # the zero-shot point, then every val_every steps
+    assert (trained / "curve.png").stat().st_size > 0
+    assert yaml.safe_load((trained / "recipe.yaml").read_text())["name"] == "shadow-test"
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_reloaded_adapter_reproduces_the_validation_metrics(trained):
+    model = AdaptedModel.from_pretrained(trained / "adapter")  # loads its base, 'tiny', by itself
+    assert not model.generalist.prompts.has_text_encoders  # prompts come from the adapter folder
+    meta = model.meta
+    source = open_source(load_recipe(meta.recipe).data, model.codec)
+    report = evaluate(model, check_all(source, meta.samples["val"]), progress=False)
+    for name in ("dice", "iou", "precision", "recall"):
+        assert report.metrics[name] == pytest.approx(meta.metrics[name], abs=1e-6), name
+
+
+def test_adapter_predictions_are_deterministic_and_differ_from_the_base(trained, rng):
+    model = AdaptedModel.from_pretrained(trained / "adapter")
+    image = rng.random((32, 32, 3), dtype=np.float32)
+    first = model.predict_encoded([image], seed=1, progress=False)[0][0].image
+    second = model.predict_encoded([image], seed=2, progress=False)[0][0].image
+    np.testing.assert_array_equal(first, second)  # single step: the seed does not matter
+    with model.generalist.denoiser.disable_adapter():
+        base = model.predict_encoded([image], progress=False)[0][0].image
+    assert np.abs(first - base).max() > 1e-4
+
+
+def test_single_step_adapter_refuses_multi_step_sampling(trained):
+    model = AdaptedModel.from_pretrained(trained / "adapter")
+    with pytest.raises(AdapterError, match=r"single_step objective.*steps=8"):
+        model.predict_encoded([np.zeros((8, 8, 3), np.float32)], steps=8, progress=False)
+
+
+def test_adapter_on_another_base_fails_clearly(trained):
+    other = build_tiny_generalist(TinySpec(seed=1)).to_runtime("cpu")
+    with pytest.raises(AdapterError, match="fingerprint"):
+        AdaptedModel.from_pretrained(trained / "adapter", generalist=other)
+
+
+def test_eval_writes_metrics_report_and_grid(trained, tmp_path):
+    model = AdaptedModel.from_pretrained(trained / "adapter")
+    source = open_source(load_recipe(model.meta.recipe).data, model.codec)
+    report = evaluate(model, check_all(source, model.meta.samples["val"]), tmp_path / "eval", progress=False)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["metrics"] == pytest.approx(report.metrics) and saved["images"] == 4
+    assert "| dice |" in (tmp_path / "eval" / "report.md").read_text()
+    assert (tmp_path / "eval" / "grid.png").stat().st_size > 0
+
+
+def test_predict_writes_native_outputs_and_skips_unreadable_files(trained, tmp_path, rng):
+    from PIL import Image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray((rng.random((20, 30, 3)) * 255).astype(np.uint8)).save(inputs / "a.png")
+    Image.fromarray((rng.random((25, 25)) * 255).astype(np.uint8)).save(inputs / "b.jpg")
+    (inputs / "broken.png").write_bytes(b"not a png")
+    model = AdaptedModel.from_pretrained(trained / "adapter")
+    report = predict_files(model, [str(inputs)], tmp_path / "out", raw=True, progress=False)
+    assert set(report.written) == {"a", "b"} and list(report.skipped) == [str(inputs / "broken.png")]
+    mask = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    assert mask.shape == (20, 30) and set(np.unique(mask)) <= {0, 255}
+    assert (tmp_path / "out" / "b.encoded.png").is_file()
+
+
+def test_training_lowers_the_loss(tmp_path):
+    out = tmp_path / "run"
+    train(recipe(**{"train.steps": 40, "train.val_every": 40, "data.val_shots": 1}), out, progress=False)
+    losses = _losses(out)
+    assert len(losses) == 40
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+
+
+def test_only_lora_weights_train():
+    generalist = build_tiny_generalist().to_runtime("cpu")
+    names = resolve_targets(generalist.denoiser, "attention")
+    assert len(names) == 2 * 8 - 1  # two blocks of 8 projections; the last block has no to_add_out
+    assert len(resolve_targets(generalist.denoiser, "attention+mlp")) > len(names)
+    with pytest.raises(AdapterError, match="to_qq"):
+        resolve_targets(generalist.denoiser, ["to_qq"])
+
+
+class _Interrupt(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 5:
+            raise KeyboardInterrupt
+
+
+def _checkpoint_weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path):
+    settings = {"train.steps": 8, "train.val_every": 4}
+    train(recipe(**settings), tmp_path / "whole", progress=False)
+    with pytest.raises(SystemExit):  # Lightning exits after a graceful shutdown on Ctrl-C
+        train(recipe(**settings), tmp_path / "split", progress=False, callbacks=[_Interrupt()])
+    assert torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    with pytest.raises(TrainingError, match="--resume"):
+        train(recipe(**settings), tmp_path / "split", progress=False)
+    with pytest.raises(TrainingError, match="recipe differs"):
+        train(recipe(**{**settings, "train.lr": 1e-2}), tmp_path / "split", progress=False, resume=True)
+    train(recipe(**settings), tmp_path / "split", progress=False, resume=True)
+    whole, split = _checkpoint_weights(tmp_path / "whole"), _checkpoint_weights(tmp_path / "split")
+    assert whole.keys() == split.keys() and whole
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=0, atol=0)
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_adapter(tmp_path, monkeypatch):
+    original = SingleStep.loss
+    calls = {"n": 0}
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        losses = original(self, *args, **kwargs)
+        return {"loss": losses["loss"] * float("nan")} if calls["n"] == 3 else losses
+
+    monkeypatch.setattr(SingleStep, "loss", failing)
+    with pytest.raises(TrainingError, match="became nan at step 2"):
+        train(recipe(), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    AdaptedModel.from_pretrained(tmp_path / "run" / "adapter")  # and it loads
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    command = [sys.executable, "-m", "adaptkit.cli", "train", str(path), "--out", str(tmp_path / "ddp"),
+               "train.strategy=ddp", "train.devices=2", "train.accelerator=cpu", "train.steps=4"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ddp" / "adapter" / "adapter_model.safetensors").is_file()
+    assert "dice" in json.loads((tmp_path / "ddp" / "metrics.json").read_text())["best"]
