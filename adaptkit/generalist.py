@@ -41,6 +41,8 @@ SD3_MEDIUM_HUB_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
 DICEPTION_HUB_ID = "Canyu/DICEPTION"
 DICEPTION_WEIGHTS_FILE = "DICEPTION_v1.pth"
 GENERALIST_CONFIG_FILE = "generalist.json"
+#: The small generalist adaptkit pretrains and ships (see `adaptkit.pretrain`): `load_generalist("default")`.
+DEFAULT_GENERALIST_DIR = Path(__file__).parent / "assets" / "default"
 
 #: SD3-medium's transformer config (2.03 B parameters), as published with the base model.
 SD3_MEDIUM_TRANSFORMER_CONFIG: dict[str, Any] = {
@@ -573,6 +575,7 @@ def load_generalist(name: str | Path, device: torch.device | str | None = None,
                     dtype: torch.dtype | None = None, **kwargs: Any) -> Generalist:
     """The generalist a recipe or command names.
 
+    `default`: the small generalist shipped inside adaptkit, pretrained on the synthetic world;
     `tiny`: a small random model built from configs (tests, smoke runs); `diception`: the released
     model (SD3-medium base + DICEPTION_v1.pth; `base=` and `weights=` override where they come from);
     anything else: an adaptkit generalist folder or Hub repo id.
@@ -586,4 +589,9 @@ def load_generalist(name: str | Path, device: torch.device | str | None = None,
         return generalist.to_runtime(device, dtype)
     if str(name) == "diception":
         return Generalist.from_diception(device=device, dtype=dtype, **kwargs)
+    if str(name) == "default":
+        if not (DEFAULT_GENERALIST_DIR / GENERALIST_CONFIG_FILE).is_file():
+            raise CheckpointError(f"the embedded default generalist is missing from {DEFAULT_GENERALIST_DIR}; "
+                                  "reinstall adaptkit, or build it with `adaptkit pretrain` (see the README)")
+        name = DEFAULT_GENERALIST_DIR
     return Generalist.from_pretrained(name, device=device, dtype=dtype, **kwargs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -142,9 +143,10 @@ class Checkpoint:
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warmup then cosine decay, as a plain float (it ends up in the optimiser's saved state)."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
-    return 0.5 * (1 + np.cos(np.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def _log(path: Path, row: dict) -> None:
