@@ -36,6 +36,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 __all__ = [
+    "COCO_KEYPOINTS",
+    "COCO_SKELETON",
     "CODECS",
     "BinaryMaskCodec",
     "Codec",
@@ -56,8 +58,8 @@ __all__ = [
     "register_codec",
 ]
 
-# A pixel is "dark" (background candidate) below this brightness; only used to keep near-black noise out of
-# the colour statistics of the instance decoder: the foreground decision itself is the midpoint rule.
+# Brightness (largest channel) below which a pixel counts as the black background: it keeps near-black noise
+# out of the instance decoder's colour statistics and tells the keypoint loss which pixels are drawn.
 _DARK = 0.15
 
 
@@ -352,8 +354,9 @@ class Codec(ABC):
     """A task's colour encoding: ``encode`` a target to an RGB image, ``decode`` any RGB image to a target.
 
     Subclasses set ``name`` and ``resample``, keep every constructor argument as an attribute of the same name
-    (``to_config`` reads them back) and implement ``validate``, ``hflip``, ``loss`` and the private
-    ``_encode``, ``_decode`` and ``_from_array`` (file contents to a target).
+    (``to_config`` reads them back) and implement ``validate``, ``loss`` and the private ``_encode``,
+    ``_decode`` and ``_from_array`` (file contents to a target); they override ``hflip`` where a value depends
+    on direction and ``save`` for targets that are not arrays.
     """
 
     name: ClassVar[str]
@@ -636,7 +639,8 @@ class BinaryMaskCodec(Codec):
         values = np.unique(array)
         if len(values) == 1 or (len(values) == 2 and values[0] == 0):
             return array != 0
-        if array.dtype == np.uint8 and (np.minimum(array, 255 - array) < 64).mean() > 0.95:
+        near_extremes = np.minimum(array, 255 - array) < 64
+        if len(values) > 2 and array.dtype == np.uint8 and near_extremes.mean() > 0.95:
             return array > 127
         raise self._fail(
             f"{path} holds values {_list_values(values)}; a mask must be 0 and one foreground value "
@@ -668,7 +672,7 @@ class SemanticCodec(Codec):
         ignore_index: int = 255,
         background: int | None = 0,
     ) -> None:
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if not isinstance(num_classes, int | np.integer) or num_classes < 1:
             raise self._fail(f"argument 'num_classes' must be a positive integer, got {num_classes!r}")
         if 0 <= ignore_index < num_classes:
             raise self._fail(
@@ -678,7 +682,7 @@ class SemanticCodec(Codec):
             raise self._fail(
                 f"argument 'background' must be a class in 0..{num_classes - 1} or None, got {background}"
             )
-        self.num_classes, self.ignore_index, self.background = num_classes, ignore_index, background
+        self.num_classes, self.ignore_index, self.background = int(num_classes), ignore_index, background
         if colors is None:
             self.colors = None
             palette = distinct_colors(num_classes - (background is not None)).astype(np.float32)
@@ -806,14 +810,14 @@ class InstancesCodec(Codec):
     _FILL_PX = 3.0
 
     def __init__(self, seed: int = 0, min_area: float = 0.001, max_instances: int = 64) -> None:
-        if not isinstance(max_instances, int) or max_instances < 1:
+        if not isinstance(max_instances, int | np.integer) or max_instances < 1:
             raise self._fail(f"argument 'max_instances' must be a positive integer, got {max_instances!r}")
         if not min_area >= 0:
             raise self._fail(
                 f"argument 'min_area' must be >= 0 (a fraction of the image if < 1, else pixels), "
                 f"got {min_area!r}"
             )
-        self.seed, self.min_area, self.max_instances = seed, min_area, max_instances
+        self.seed, self.min_area, self.max_instances = seed, min_area, int(max_instances)
         self._pool = distinct_colors(max_instances, bright=True).astype(np.float32) / 255
         self._radius = 0.5 * _min_spacing(self._pool)
         self._rng = np.random.default_rng(seed)
@@ -1123,14 +1127,17 @@ class DepthCodec(Codec):
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scale-and-shift-invariant L1 on the grey value: per image, least-squares align the prediction to
-        the target, then L1. The scale is kept >= 0, so an inverted map scores like a constant one, not
-        perfectly."""
+        the target, then L1; plus max(0, -correlation), since a negative scale would align an inverted map
+        perfectly (clamping the scale at 0 instead would leave such a prediction without a gradient)."""
         grey_pred, grey_target = pred.mean(1).flatten(1), target.mean(1).flatten(1)
         centred_pred = grey_pred - grey_pred.mean(1, keepdim=True)
-        target_mean = grey_target.mean(1, keepdim=True)
-        covariance = (centred_pred * (grey_target - target_mean)).mean(1, keepdim=True)
-        scale = (covariance / ((centred_pred**2).mean(1, keepdim=True) + 1e-8)).clamp_min(0)
-        return _l1(scale * centred_pred + target_mean, grey_target)
+        centred_target = grey_target - grey_target.mean(1, keepdim=True)
+        covariance = (centred_pred * centred_target).mean(1)
+        pred_var, target_var = (centred_pred**2).mean(1), (centred_target**2).mean(1)
+        scale = (covariance / (pred_var + 1e-8))[:, None]
+        aligned = _l1(scale * centred_pred, centred_target)
+        correlation = covariance / torch.sqrt(pred_var * target_var + 1e-12)
+        return aligned + F.relu(-correlation).mean()
 
     def _from_array(self, array: np.ndarray, path: Path) -> np.ndarray:
         """Depth from 16-bit (or 8-bit) grey PNGs, float TIFF and ``.npy``; units do not matter (relative)."""
@@ -1312,28 +1319,36 @@ class KeypointsCodec(Codec):
 
     def _decode(self, image: np.ndarray) -> Keypoints:
         height, width = image.shape[:2]
-        flat = image.reshape(-1, 3)
-        colours = self._joint_colours
-        d2 = (flat**2).sum(1, keepdims=True) - 2 * flat @ colours.T + (colours**2).sum(1)
-        similarity = np.exp(-np.maximum(d2, 0) / (2 * self._sigma**2)).reshape(height, width, -1)
-        r = self._pixels(self.radius, (height, width), 2.0)
-        window = max(1, round(r))
-        smooth = ndimage.uniform_filter(similarity, size=(window, window, 1), mode="constant")
-        peak = smooth.reshape(-1, len(colours)).argmax(0)
-        confidence = smooth.reshape(-1, len(colours))[peak, np.arange(len(colours))]
-        xy = np.empty((len(colours), 2), np.float32)
-        half = math.ceil(r)
-        for k, (y, x) in enumerate(zip(*np.unravel_index(peak, (height, width)), strict=True)):
-            rows = slice(max(0, y - half), min(height, y + half + 1))
-            cols = slice(max(0, x - half), min(width, x + half + 1))
-            weight = similarity[rows, cols, k]
-            total = weight.sum()
-            if total > 1e-6:
-                ys, xs = np.mgrid[rows, cols]
-                xy[k] = ((weight * xs).sum() / total, (weight * ys).sum() / total)
-            else:
-                xy[k] = (x, y)
-        confidence = np.clip(confidence, 0, 1).astype(np.float32)
+        count = len(self.names)
+        colours, inverse, _ = _unique_colours(image)
+        distance, nearest = cKDTree(self._joint_colours).query(colours)
+        similarity = np.exp(-(distance**2) / (2 * self._sigma**2))
+        similarity = np.where(similarity > 0.01, similarity, 0)[inverse].reshape(height, width)
+        owner = np.where(similarity > 0, nearest[inverse].reshape(height, width) + 1, 0)
+        radius = self._pixels(self.radius, (height, width), 2.0)
+        window, margin = max(1, round(radius)), math.ceil(radius)
+        xy = np.zeros((count, 2), np.float32)
+        confidence = np.zeros(count, np.float32)
+        # A joint's similarity map is non-zero only where its colour is the nearest, so each joint is searched
+        # within the bounding box of those pixels (plus a margin) instead of over the whole image.
+        for k, box in enumerate(ndimage.find_objects(owner, max_label=count)):
+            if box is None:
+                continue
+            rows = slice(max(0, box[0].start - margin), min(height, box[0].stop + margin))
+            cols = slice(max(0, box[1].start - margin), min(width, box[1].stop + margin))
+            local = np.where(owner[rows, cols] == k + 1, similarity[rows, cols], 0)
+            smooth = ndimage.uniform_filter(local, window, mode="constant")
+            y, x = np.unravel_index(smooth.argmax(), smooth.shape)
+            confidence[k] = smooth[y, x]
+            near = tuple(
+                slice(max(0, at - margin), min(side, at + margin + 1))
+                for at, side in zip((y, x), local.shape, strict=True)
+            )
+            weight = local[near]
+            ys, xs = np.mgrid[near]
+            xy[k] = ((weight * xs).sum(), (weight * ys).sum()) / max(weight.sum(), 1e-12)
+            xy[k] += (cols.start, rows.start)
+        confidence = np.clip(confidence, 0, 1)
         return Keypoints(xy, confidence >= self.threshold, confidence, (height, width))
 
     def hflip(self, target: Keypoints) -> Keypoints:
@@ -1483,7 +1498,9 @@ class HeatmapCodec(Codec):
 class RGBCodec(Codec):
     """Identity: the target is itself an image (image-to-image tasks such as enhancement or highlighting).
 
-    Target: float32 (H, W, 3) in [0, 1] (uint8 accepted). Decoding clips to [0, 1].
+    DICEPTION's few-shot demonstrations include image-editing style tasks whose answer is simply a picture, so
+    no encoding is needed: the generated image is the result. Target: float32 (H, W, 3) in [0, 1] (uint8
+    accepted); decoding only clips to [0, 1]; the loss is L1.
     """
 
     name = "rgb"
