@@ -653,12 +653,12 @@ class SemanticCodec(Codec):
     """Semantic labels: each class a fixed colour of a maximally distinct palette, class ``background`` black.
 
     The default palette is greedy farthest-point selection in RGB from black (``distinct_colors``), so every
-    class colour is as far as possible from black and from the others; decoding takes the nearest palette
-    colour. Ignored pixels (``ignore_index``) encode as black: with the default ``background=0`` that is class
-    0's colour, so the image alone no longer marks them, and metrics skip them through the target label map
-    (``loss`` does too when given the label map; given only the encoded image it can skip black pixels only
-    when black is not a class, i.e. ``background=None``). Target: int64 (H, W) in [0, num_classes) or
-    ignore_index.
+    class colour is as far as possible from black and from the others (``colors``, one RGB per class,
+    replaces it, and ``background`` then has no effect); decoding takes the nearest palette colour. Ignored
+    pixels (``ignore_index``) encode as black: with the default ``background=0`` that is class 0's colour,
+    so the image alone no longer marks them, and metrics skip them through the target label map (``loss``
+    does too when given the label map; given only the encoded image it can skip black pixels only when black
+    is not a class, i.e. ``background=None``). Target: int64 (H, W) in [0, num_classes) or ignore_index.
     """
 
     name = "semantic"
