@@ -20,6 +20,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -163,6 +164,37 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1.0 / F.mse_loss(a.clamp(0, 1), b.clamp(0, 1)).clamp_min(1e-10)))
 
 
+def run_stage(name: str, model: torch.nn.Module, lr: float, steps: int, warmup: int, folder: Path,
+              config: PretrainConfig, loss_at: Callable[[np.random.Generator], torch.Tensor],
+              scores_at: Callable[[int], dict[str, float]]) -> None:
+    """The resumable loop both stages share: AdamW with warmup + cosine, clipping, checkpoints, a log.
+
+    `loss_at(rng)` computes a step's loss from a generator seeded by (seed, stage, step) alone, so a
+    resumed stage draws exactly the batches the uninterrupted one would have.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    checkpoint = Checkpoint(folder)
+    start = checkpoint.restore(model, optimizer)
+    stage = {"vae": 1, "generalist": 2}[name]
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"pretrain {name}", unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * _schedule(step, steps, warmup)
+        loss = loss_at(np.random.default_rng([config.seed, stage, step]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == steps:
+            checkpoint.save(done, model, optimizer)
+            scores = scores_at(done)
+            _log(folder / "log.csv", {"step": done, "loss": loss.item(), "time": time.time(),
+                                      "scores": json.dumps(scores)})
+            bar.write(f"{name} step {done}: loss {loss.item():.4f} {scores}")
+
+
 def train_vae(generalist: Generalist, config: PretrainConfig, out: Path) -> dict[str, float]:
     """L1 + tiny KL on a mix of rendered images and every task's colour-encoded targets."""
     resolution = generalist.config.resolution
@@ -171,40 +203,25 @@ def train_vae(generalist: Generalist, config: PretrainConfig, out: Path) -> dict
     val_images, val_items = build_pool(10_000_000, config.val_scenes, config.seed, resolution)
     val = torch.from_numpy(np.stack(val_images + [i.target for i in val_items][:len(val_images)])).permute(0, 3, 1, 2)
     vae = generalist.vae.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    checkpoint = Checkpoint(out / "vae")
-    start = checkpoint.restore(vae, optimizer)
-    bar = tqdm(range(start, config.vae_steps), initial=start, total=config.vae_steps, desc="pretrain vae",
-               unit="step")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = config.vae_lr * _schedule(step, config.vae_steps, 100)
-        rng = np.random.default_rng([config.seed, 1, step])
+
+    def loss_at(rng: np.random.Generator) -> torch.Tensor:
         batch = pictures[rng.integers(0, len(pictures), config.vae_batch)].float()
         if rng.random() < 0.5:
             batch = batch.flip(-1)
         posterior = vae.encode(batch * 2 - 1).latent_dist
         reconstruction = (vae.decode(posterior.sample()).sample + 1) / 2
-        loss = F.l1_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % config.checkpoint_every == 0 or done == config.vae_steps:
-            with torch.no_grad():
-                vae.eval()
-                value = psnr((vae.decode(vae.encode(val * 2 - 1).latent_dist.mode()).sample + 1) / 2, val)
-                vae.train()
-            checkpoint.save(done, vae, optimizer)
-            _log(out / "vae" / "log.csv", {"step": done, "loss": loss.item(), "val_psnr": value,
-                                           "time": time.time()})
-            bar.write(f"vae step {done}: loss {loss.item():.4f}, validation PSNR {value:.2f} dB")
+        return F.l1_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
+
+    @torch.no_grad()
+    def scores_at(_: int) -> dict[str, float]:
+        vae.eval()
+        value = psnr((vae.decode(vae.encode(val * 2 - 1).latent_dist.mode()).sample + 1) / 2, val)
+        vae.train()
+        return {"vae_psnr_db": value}
+
+    run_stage("vae", vae, config.vae_lr, config.vae_steps, 100, out / "vae", config, loss_at, scores_at)
     vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        final = psnr((vae.decode(vae.encode(val * 2 - 1).latent_dist.mode()).sample + 1) / 2, val)
-    return {"vae_psnr_db": final}
+    return scores_at(config.vae_steps)
 
 
 # ------------------------------------------------------------------------ stage 2: the generalist
@@ -312,31 +329,19 @@ def train_generalist(generalist: Generalist, config: PretrainConfig, out: Path) 
     val = PretrainData(generalist, val_images, val_items)
     objective = OBJECTIVES[config.objective]()
     denoiser = generalist.denoiser.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=0.0)
-    checkpoint = Checkpoint(out / "generalist")
-    start = checkpoint.restore(denoiser, optimizer)
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="pretrain generalist",
-               unit="step")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * _schedule(step, config.steps, config.warmup)
-        rng = np.random.default_rng([config.seed, 2, step])
+
+    def loss_at(rng: np.random.Generator) -> torch.Tensor:
         batch = data.batch(data.sample(rng, config.batch))
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        loss = objective.loss(generalist, make_denoise(generalist, data, batch), batch, generator)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
-        optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            checkpoint.save(done, denoiser, optimizer)
-            scores = evaluate(generalist, val, config.objective) if done % (4 * config.checkpoint_every) == 0 \
-                or done == config.steps else {}
-            _log(out / "generalist" / "log.csv", {"step": done, "loss": loss.item(), "time": time.time(),
-                                                  "scores": json.dumps(scores)})
-            bar.write(f"generalist step {done}: loss {loss.item():.4f} {scores}")
+        return objective.loss(generalist, make_denoise(generalist, data, batch), batch, generator)["loss"]
+
+    def scores_at(done: int) -> dict[str, float]:
+        if done % (4 * config.checkpoint_every) and done != config.steps:
+            return {}
+        return evaluate(generalist, val, config.objective)
+
+    run_stage("generalist", denoiser, config.lr, config.steps, config.warmup, out / "generalist", config, loss_at,
+              scores_at)
     denoiser.eval().requires_grad_(False)
     return evaluate(generalist, val, config.objective, limit=10_000)
 

@@ -356,8 +356,9 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
           callbacks: list[L.Callback] | None = None) -> TrainResult:
     """Train the recipe's adapter into `out` (see the module docstring for the steps).
 
-    `generalist` skips loading the recipe's base (e.g. one shared by sweep trials); `callbacks` are
-    extra Lightning callbacks (a sweep's pruning callback, for instance).
+    `generalist` skips loading the recipe's base (e.g. one shared by sweep trials): its denoiser is
+    returned to it without LoRA afterwards, but its text encoders are dropped (prompts already encoded
+    stay in its cache). `callbacks` are extra Lightning callbacks (a sweep's pruning callback, say).
     """
     out = Path(out)
     last_checkpoint = out / "checkpoints" / "last.ckpt"
@@ -425,6 +426,8 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
         if trainer.global_step % train_cfg.val_every and len(val_set) and not trainer.interrupted:
             trainer.validate(module, val_loader, verbose=False)  # the final point, when steps % val_every != 0
         metrics = _finish(out, keep_best, module, meta)
+        generalist.denoiser = generalist.denoiser.unload()  # a shared generalist (sweep trials) leaves unchanged
+        base_denoiser.gradient_checkpointing = False
     return TrainResult(out, out / "adapter", metrics, trainable, base_count, splits)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from adaptkit.adapters import AdaptedModel, AdapterError, resolve_targets
 from adaptkit.data import check_all, open_source
@@ -192,3 +193,19 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ddp" / "adapter" / "adapter_model.safetensors").is_file()
     assert "dice" in json.loads((tmp_path / "ddp" / "metrics.json").read_text())["best"]
+
+
+def test_pixel_loss_trains_only_lora_weights(tmp_path):
+    generalist = build_tiny_generalist().to_runtime("cpu")
+    before = {name: tensor.clone() for name, tensor in generalist.state_dict().items()}
+    train(recipe(**{"train.pixel_loss": True, "train.steps": 4, "data.val_shots": 1}), tmp_path / "run",
+          generalist=generalist, progress=False)
+    after = generalist.state_dict()  # train() hands the denoiser back without its LoRA layers
+    assert set(after) <= set(before)
+    for name, tensor in after.items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, msg=name)
+    lora = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    assert lora and all("lora_" in name for name in lora)
+    trained = _checkpoint_weights(tmp_path / "run")
+    assert all("lora_" in name for name in trained)
+    assert any(tensor.abs().max() > 0 for name, tensor in trained.items() if "lora_B" in name)  # B starts at 0
