@@ -126,7 +126,8 @@ def test_predict_writes_native_outputs_and_skips_unreadable_files(trained, tmp_p
 
 def test_training_lowers_the_loss(tmp_path):
     out = tmp_path / "run"
-    train(recipe(**{"train.steps": 40, "train.val_every": 40, "data.val_shots": 1}), out, progress=False)
+    train(recipe(**{"train.steps": 40, "train.val_every": 40, "data.val_shots": 1, "train.lr": 1e-2}), out,
+          progress=False)
     losses = _losses(out)
     assert len(losses) == 40
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
