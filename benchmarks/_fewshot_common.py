@@ -54,9 +54,14 @@ def fresh_base(name: str, random_init: bool = False, text_encoders: bool = True)
     return generalist
 
 
+def describe(generalist: Generalist) -> dict[str, Any]:
+    """Which base the numbers belong to: the default is re-pretrained from time to time, so record its weights."""
+    return {"base_description": generalist.config.description, "base_fingerprint": generalist.fingerprint()}
+
+
 def task_recipe(base: str, task: str, resolution: int, overrides: dict[str, Any]) -> Recipe:
     """quickstart.yaml pointed at `base` and synthetic `task`, rendered at the base's own resolution."""
-    return load_recipe("quickstart", {"name": f"{task}-{base}", "base.generalist": base,
+    return load_recipe("quickstart", {"name": f"{task}-{Path(base).name}", "base.generalist": base,
                                       "task.prompt": TASK_PROMPTS[task], "data.synth_task": task,
                                       "data.synth_resolution": resolution, **overrides})
 

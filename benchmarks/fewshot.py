@@ -39,6 +39,7 @@ from _common import RESULTS, print_table, write_report
 from _fewshot_common import (
     TASK_PROMPTS,
     TrainClock,
+    describe,
     fresh_base,
     load_adapter,
     quiet_lightning,
@@ -263,7 +264,8 @@ def main() -> None:
                        ("seconds", "train s", ".0f"), ("iou", "IoU", ".4f"), ("dice", "Dice", ".4f")])
     name = "fewshot_quick" if args.quick else "fewshot"
     settings = {k: v for k, v in vars(args).items() if k != "quick"} | {"resolution": resolution,
-                                                                         "transformer_parameters": transformer_size}
+                                                                         "transformer_parameters": transformer_size,
+                                                                         **describe(probe)}
     write_report(name, {"settings": settings, "note": note, "rows": rows})
     plot(rows, args.tasks, RESULTS / f"{name}.png")
     print(f"wrote {RESULTS / f'{name}.png'}")

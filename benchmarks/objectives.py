@@ -29,6 +29,7 @@ from _common import RESULTS, print_table, write_report
 from _fewshot_common import (
     TASK_PROMPTS,
     TrainClock,
+    describe,
     fresh_base,
     load_adapter,
     quiet_lightning,
@@ -121,7 +122,8 @@ def main() -> None:
         args.seconds, args.val_every, args.val, args.test = 5.0, 5, 4, 8
     quiet_lightning()
 
-    resolution = fresh_base(args.base, text_encoders=False).config.resolution
+    probe = fresh_base(args.base, text_encoders=False)
+    resolution = probe.config.resolution
     print(f"base {args.base!r} ({resolution} px): {args.seconds:.0f} s of training per objective, 50 training, "
           f"{args.val} validation, {args.test} test images per task")
     rows: list[dict[str, Any]] = []
@@ -138,7 +140,7 @@ def main() -> None:
                        ("train_steps", "train steps", "d"), ("best_step", "kept step", "d"),
                        ("s_per_image", "s/image", ".4f")])
     name = "objectives_quick" if args.quick else "objectives"
-    settings = {k: v for k, v in vars(args).items() if k != "quick"} | {"resolution": resolution}
+    settings = {k: v for k, v in vars(args).items() if k != "quick"} | {"resolution": resolution, **describe(probe)}
     write_report(name, {"settings": settings, "rows": rows, "curves": curves})
     plot(curves, RESULTS / f"{name}.png")
     print(f"wrote {RESULTS / f'{name}.png'}")
