@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: install
-	$(BIN)/adaptkit info tiny
+	$(BIN)/adaptkit quickstart
 
 lint: install
 	$(BIN)/ruff check adaptkit tests benchmarks

@@ -33,7 +33,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"{name:<26}{_format_count(count):>14}  {dtype}")
     print("task prompts:")
     for task, prompt in config.task_prompts.items():
-        print(f"  {task:<14}{prompt}")
+        print(f"  {task:<16}{prompt}")
     if len(generalist.prompts.cache):
         print(f"cached prompt embeddings: {len(generalist.prompts.cache)}")
     return 0

@@ -365,7 +365,8 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tupl
     generalist.config.description = (
         f"adaptkit's embedded default: {spec.layers} x {spec.heads * spec.head_dim} SD3 transformer pretrained "
         f"with the {config.objective} objective on the synthetic world ({config.scenes} scenes, {config.steps} steps)")
-    generalist.config.task_prompts = {task: prompt for task, prompt in TASK_PROMPTS.items()}
+    generalist.config.task_prompts = {task: DICEPTION_TASK_PROMPTS[task] for task in
+                                      ("depth", "normal", "entity", "semantic", "segmentation")}
     generalist.config.objective = config.objective
     generalist.save_pretrained(out / "default")
     (out / "default" / "pretraining.json").write_text(json.dumps({"config": asdict(config), "zero_shot": report},
