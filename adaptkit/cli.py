@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -290,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from adaptkit.recipe import RecipeError
     from adaptkit.training import TrainingError
 
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no banner chatter
     try:
         return args.handler(args)
     except (RecipeError, CodecError, DataError, AdapterError, CheckpointError, TrainingError) as error:

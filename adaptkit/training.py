@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -427,8 +428,10 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
     if not resume and len(val_set):
         trainer.validate(module, val_loader, verbose=False)  # the zero-shot point of the curve
     try:
-        trainer.fit(module, train_loader, val_loader if len(val_set) else None,
-                    ckpt_path=str(last_checkpoint) if resume else None, weights_only=True)
+        with warnings.catch_warnings():  # the frozen VAE and text encoders are in eval mode on purpose
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+            trainer.fit(module, train_loader, val_loader if len(val_set) else None,
+                        ckpt_path=str(last_checkpoint) if resume else None, weights_only=True)
     finally:  # also after a non-finite loss: the last good adapter, metrics and curve stay
         if trainer.global_step % train_cfg.val_every and len(val_set) and not trainer.interrupted:
             trainer.validate(module, val_loader, verbose=False)  # the final point, when steps % val_every != 0
