@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import transformers
 from diffusers import SD3Transformer2DModel
 
 from adaptkit.adapters import AdaptedModel
@@ -34,8 +35,10 @@ TASK_PROMPTS = {"shadow": "[[image2shadow]]", "nearest": "[[image2nearest]]", "b
 INIT_SEED = 0
 
 
-def quiet_lightning() -> None:
-    """Dozens of runs: keep Lightning's per-run banners and data-loader hints out of the benchmark's table."""
+def quiet() -> None:
+    """Dozens of runs: keep Lightning's per-run banners and data-loader hints, and transformers' weight-loading
+    bars (one per text encoder per fresh base), out of the benchmark's output."""
+    transformers.utils.logging.disable_progress_bar()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")

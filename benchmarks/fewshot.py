@@ -42,7 +42,7 @@ from _fewshot_common import (
     describe,
     fresh_base,
     load_adapter,
-    quiet_lightning,
+    quiet,
     task_recipe,
     test_samples,
 )
@@ -246,7 +246,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.batch_size, args.shots, args.test = 4, 4, [2, 4], 8
-    quiet_lightning()
+    quiet()
 
     probe = fresh_base(args.base, text_encoders=False)
     resolution = probe.config.resolution

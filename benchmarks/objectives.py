@@ -32,7 +32,7 @@ from _fewshot_common import (
     describe,
     fresh_base,
     load_adapter,
-    quiet_lightning,
+    quiet,
     task_recipe,
     test_samples,
 )
@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.val_every, args.val, args.test = 5.0, 5, 4, 8
-    quiet_lightning()
+    quiet()
 
     probe = fresh_base(args.base, text_encoders=False)
     resolution = probe.config.resolution
