@@ -364,14 +364,7 @@ class Generalist(nn.Module):
 
     def fingerprint(self) -> str:
         """A short hash of the denoiser's weights, recorded with adapters to catch a wrong base."""
-        digest = hashlib.sha256()
-        # a peft-wrapped denoiser names its base weights differently; LoRA weights are not the base
-        tensors = {name.removeprefix("base_model.model.").replace(".base_layer.", "."): tensor
-                   for name, tensor in self.denoiser.state_dict().items() if "lora_" not in name}
-        for name, tensor in sorted(tensors.items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return weights_fingerprint(self.denoiser)
 
     # ---------------------------------------------------------------- saving and loading
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -459,6 +452,21 @@ class Generalist(nn.Module):
         """Move to `device` (default: CUDA if present) in `dtype` (default: bf16 on GPU, fp32 on CPU)."""
         device = torch.device(device) if device is not None else default_device()
         return self.to(device=device, dtype=dtype or default_dtype(device))
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's base weights (names and values); LoRA layers, if any, are left out.
+
+    A peft-wrapped module names its base weights differently, so names are normalised first: the
+    fingerprint of a denoiser is the same with and without an adapter attached.
+    """
+    digest = hashlib.sha256()
+    tensors = {name.removeprefix("base_model.model.").replace(".base_layer.", "."): tensor
+               for name, tensor in module.state_dict().items() if "lora_" not in name}
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 # -------------------------------------------------------------------- loading helpers

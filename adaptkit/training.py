@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from adaptkit.adapters import AdapterMeta, add_lora, count_parameters, save_adapter
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.data import Sample, Splits, check_all, hflip_sample, load_splits
-from adaptkit.generalist import MAX_POINTS, Generalist, load_generalist
+from adaptkit.generalist import MAX_POINTS, Generalist, load_generalist, weights_fingerprint
 from adaptkit.images import resize, to_model_batch
 from adaptkit.metrics import DEFAULT_METRICS, HIGHER_IS_BETTER, build_codec_metrics
 from adaptkit.recipe import Recipe
@@ -79,14 +79,6 @@ def _content_key(sample: Sample, encoded_target: np.ndarray, resolution: int, va
     return digest.hexdigest()[:32]
 
 
-def vae_fingerprint(generalist: Generalist) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(generalist.vae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 @torch.inference_mode()
 def encode_samples(generalist: Generalist, codec: Codec, samples: list[Sample], hflip: bool,
                    cache_dir: Path | None, batch_size: int = 8) -> EncodedSet:
@@ -97,7 +89,7 @@ def encode_samples(generalist: Generalist, codec: Codec, samples: list[Sample], 
     """
     resolution = generalist.config.resolution
     variants = [s for sample in samples for s in ([sample, hflip_sample(sample, codec)] if hflip else [sample])]
-    fingerprint = vae_fingerprint(generalist)
+    fingerprint = weights_fingerprint(generalist.vae)
     rows: list[dict[str, torch.Tensor]] = [{} for _ in variants]
     todo = []
     for index, sample in enumerate(variants):
