@@ -80,6 +80,15 @@ class PeakRSS:
         self.peak_mb = max(self.peak_mb, self._rss_mb())
 
 
+def check_device(parser: Any, device: str, real_size: bool, cpu_cost: str) -> None:
+    """Refuse the real-size mode on a CPU (it would take `cpu_cost`) and CUDA where there is none."""
+    if real_size and device != "cuda":
+        parser.error(f"--real-size needs --device cuda: {cpu_cost}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); "
+                         "run this mode on a GPU machine, or drop --device cuda for the CPU benchmark")
+
+
 def build_real_denoiser(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> InContextDenoiser:
     """SD3-medium's transformer (2 B parameters) and DICEPTION's point encoder (1024 frequencies), random weights.
 

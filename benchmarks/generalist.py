@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from _common import (
     REAL_TEXT_TOKENS,
     PeakRSS,
     build_real_denoiser,
+    check_device,
     print_table,
     release_memory,
     write_report,
@@ -261,12 +261,8 @@ def main() -> None:
                         help="torch CPU threads (0: torch's default). One by default: CPU time then measures work, "
                              "not OpenMP spin-waiting on a busy machine")
     args = parser.parse_args()
-    if args.real_size and args.device != "cuda":
-        parser.error("--real-size needs --device cuda: a 2 B-parameter transformer over ~4900 tokens, 28 guided "
+    check_device(parser, args.device, args.real_size, "a 2 B-parameter transformer over ~4900 tokens, 28 guided "
                      "steps, is hours per image on a CPU")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); run this "
-                 "mode on a GPU machine, or drop --device cuda for the CPU benchmark")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

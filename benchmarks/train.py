@@ -51,6 +51,7 @@ from _common import (
     REAL_TEXT_TOKENS,
     PeakRSS,
     build_real_denoiser,
+    check_device,
     print_table,
     write_report,
 )
@@ -405,12 +406,8 @@ def main() -> None:
         L.seed_everything(0, verbose=False)
         print("RESULT " + json.dumps(measure(**json.loads(args.worker))))
         return
-    if args.real_size and args.device != "cuda":
-        parser.error("--real-size needs --device cuda: training a 2 B-parameter transformer at 768 px on a CPU "
+    check_device(parser, args.device, args.real_size, "training a 2 B-parameter transformer at 768 px on a CPU "
                      "takes minutes per step")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); run this "
-                 "mode on a GPU machine, or drop --device cuda for the CPU benchmark")
     if args.device == "cuda" and not args.real_size:
         parser.error("the cached/uncached comparison runs on the CPU; on a GPU use --real-size")
     if args.real_size:
