@@ -427,7 +427,8 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
     finally:  # also after a non-finite loss: the last good adapter, metrics and curve stay
         if trainer.global_step % train_cfg.val_every and len(val_set) and not trainer.interrupted:
             trainer.validate(module, val_loader, verbose=False)  # the final point, when steps % val_every != 0
-        metrics = _finish(out, keep_best, module, meta)
+        # under DDP every rank runs this; only rank 0 holds the best metrics, so only it writes the record
+        metrics = _finish(out, keep_best, module, meta) if trainer.is_global_zero else dict(meta.metrics)
         generalist.denoiser = generalist.denoiser.unload()  # a shared generalist (sweep trials) leaves unchanged
         base_denoiser.gradient_checkpointing = False
     return TrainResult(out, out / "adapter", metrics, trainable, base_count, splits)
