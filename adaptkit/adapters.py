@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import platform
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from adaptkit.card import build_card
 from adaptkit.codecs import Codec, build_codec
-from adaptkit.generalist import Generalist, Prediction, load_generalist, resolve_folder
+from adaptkit.generalist import GENERALIST_CONFIG_FILE, Generalist, Prediction, load_generalist
+from adaptkit.hub import cached_commit, download_adapter, is_hub_ref
 from adaptkit.images import ImageLike
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache
 from adaptkit.recipe import AdapterSection, Recipe
@@ -97,6 +100,19 @@ def _versions() -> dict[str, str]:
             "peft": peft.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+def base_record(base: dict[str, Any]) -> dict[str, Any]:
+    """The base as it is identified anywhere: a generalist name, Hub ids with the commit that was loaded,
+    local paths as given (the weight fingerprint, recorded beside it, is what load checks)."""
+    name = str(base["generalist"])
+    record: dict[str, Any] = {"generalist": name, "resolution": base.get("resolution")}
+    if name == "diception":
+        record |= {"sd3": base["sd3"], "sd3_revision": cached_commit(base["sd3"], "transformer/config.json"),
+                   "weights": base["weights"], "weights_revision": cached_commit(base["weights"], "DICEPTION_v1.pth")}
+    elif name not in ("default", "tiny"):
+        record["revision"] = cached_commit(name, GENERALIST_CONFIG_FILE)
+    return {key: value for key, value in record.items() if value is not None}
+
+
 @dataclass
 class AdapterMeta:
     """`adaptkit.json`: everything needed to use an adapter correctly, and to know where it came from."""
@@ -120,7 +136,7 @@ class AdapterMeta:
     def from_recipe(cls, recipe: Recipe, generalist: Generalist, codec: Codec, **extra: Any) -> AdapterMeta:
         return cls(name=recipe.name, prompt=recipe.task.prompt, codec=codec.name, codec_args=codec.to_config(),
                    objective=recipe.train.objective, inference=recipe.to_dict()["inference"],
-                   base=recipe.to_dict()["base"], base_fingerprint=generalist.fingerprint(),
+                   base=base_record(recipe.to_dict()["base"]), base_fingerprint=generalist.fingerprint(),
                    recipe=recipe.to_dict(), **extra)
 
     def save(self, folder: Path) -> None:
@@ -133,7 +149,9 @@ class AdapterMeta:
         path = folder / ADAPTER_META_FILE
         if not path.is_file():
             raise AdapterError(f"{folder} is not an adaptkit adapter folder: {ADAPTER_META_FILE} is missing")
-        return cls(**json.loads(path.read_text()))
+        record = json.loads(path.read_text())
+        # keys a newer adaptkit may add (a sweep's record, say) must not stop this one from loading it
+        return cls(**{key: value for key, value in record.items() if key in cls.__dataclass_fields__})
 
 
 def save_adapter(folder: str | Path, denoiser: PeftModel, meta: AdapterMeta, prompts: PromptCache) -> Path:
@@ -143,84 +161,104 @@ def save_adapter(folder: str | Path, denoiser: PeftModel, meta: AdapterMeta, pro
     denoiser.save_pretrained(str(folder))
     meta.save(folder)
     prompts.subset([meta.prompt, ""]).save(folder / PROMPT_CACHE_FILE)
-    (folder / "README.md").write_text(model_card(meta))
+    build_card(meta, sweep=getattr(meta, "sweep", None)).save(folder / "README.md")
     return folder
 
 
-def model_card(meta: AdapterMeta) -> str:
-    """A Hub model card: what the adapter does, how it was made, how to use it, how well it does."""
-    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in meta.metrics.items()) or "| (not evaluated) | |"
-    shots = {k: len(v) for k, v in meta.samples.items()}
-    percent = 100.0 * meta.trainable_parameters / max(meta.base_parameters, 1)
-    return f"""---
-library_name: peft
-tags: [adaptkit, lora, diception, perception]
----
-# {meta.name}
+def resolve_adapter(adapter: str | Path) -> Path:
+    """An adapter as a local folder: a folder as given, or a Hub repo (`owner/name[@revision]`) pulled safely."""
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        return path
+    if is_hub_ref(adapter):
+        return download_adapter(str(adapter))
+    raise AdapterError(f"{adapter}: no such adapter folder{', it is a file' if path.exists() else ''}; give an "
+                       "adapter folder (runs/NAME/adapter) or a Hub repo id (owner/name[@revision])")
 
-A LoRA adapter for the DICEPTION-style generalist `{meta.base.get("generalist")}` that answers the task
-prompt `{meta.prompt}` with a `{meta.codec}` colour encoding, trained with adaptkit.
 
-- trainable parameters: {meta.trainable_parameters:,} ({percent:.2f}% of the transformer)
-- objective: `{meta.objective}`; inference: {meta.inference.get("steps")} step(s), guidance
-  {meta.inference.get("guidance")}
-- labelled images: {shots}
-- base weight fingerprint: `{meta.base_fingerprint}`
+def load_base(meta: AdapterMeta, device: torch.device | str | None = None) -> Generalist:
+    """The generalist an adapter records as its base, at the resolution it was trained at, without text
+    encoders (the adapter carries its prompt embeddings)."""
+    base = meta.base
+    extra = {"base": base["sd3"], "weights": base["weights"]} if base["generalist"] == "diception" else {}
+    generalist = load_generalist(base["generalist"], device=device, load_text_encoders=False, **extra)
+    if base.get("resolution"):
+        generalist.config.resolution = base["resolution"]
+    return generalist
 
-## Validation metrics
-| metric | value |
-| --- | --- |
-{metrics}
 
-## Use
-```bash
-adaptkit predict path/to/this/adapter images/ --out predictions/
-```
-```python
-from adaptkit import AdaptedModel
-model = AdaptedModel.from_pretrained("path/to/this/adapter")
-masks = model.predict(["image.png"])
-```
-"""
+def attach_adapter(generalist: Generalist, folder: Path, name: str) -> str:
+    """Load an adapter folder onto the generalist's denoiser as a peft named adapter; return its name.
+
+    The first adapter wraps the denoiser in a `PeftModel`; later ones are added to that same wrapper
+    (`load_adapter`), so one base in memory serves them all and each keeps its own LoRA weights.
+    """
+    denoiser = generalist.denoiser
+    taken = set(denoiser.peft_config) if isinstance(denoiser, PeftModel) else set()
+    stem = re.sub(r"[^\w-]", "_", name) or "adapter"
+    unique, count = stem, 1
+    while unique in taken:
+        count += 1
+        unique = f"{stem}_{count}"
+    if isinstance(denoiser, PeftModel):
+        denoiser.load_adapter(str(folder), adapter_name=unique, is_trainable=False)
+    else:
+        generalist.denoiser = PeftModel.from_pretrained(denoiser, str(folder), adapter_name=unique)
+    generalist.denoiser.to(generalist.device, generalist.dtype)
+    generalist.requires_grad_(False)
+    return unique
 
 
 class AdaptedModel:
-    """A generalist with an adapter (or none, for a built-in task) and the codec that reads its output."""
+    """A generalist with an adapter (or none, for a built-in task) and the codec that reads its output.
+
+    Several models may share one generalist (`from_pretrained(..., generalist=shared)`, `load_adapters`):
+    each adapter is a peft named adapter on the one wrapped denoiser, and every call activates this
+    model's own (a model without an adapter switches them all off), so the models stay independent.
+    """
 
     def __init__(self, generalist: Generalist, codec: Codec, prompt: str, objective: str = "flow",
-                 inference: dict[str, Any] | None = None, meta: AdapterMeta | None = None) -> None:
+                 inference: dict[str, Any] | None = None, meta: AdapterMeta | None = None,
+                 adapter_name: str | None = None) -> None:
         self.generalist, self.codec, self.prompt = generalist, codec, prompt
-        self.objective, self.meta = objective, meta
+        self.objective, self.meta, self.adapter_name = objective, meta, adapter_name
         self.inference = {"steps": 28, "guidance": 2.0, "seed": 0, "batch_size": 8, "ensemble": 1,
                           **(inference or {})}
 
     @classmethod
     def from_pretrained(cls, adapter: str | Path, generalist: Generalist | None = None,
                         device: torch.device | str | None = None) -> AdaptedModel:
-        """Load an adapter folder (or Hub repo) onto its base generalist, checking it is the right base.
-
-        The base's text encoders are not loaded: the adapter carries its prompt embeddings.
-        """
-        folder = resolve_folder(adapter)
+        """Load an adapter folder or Hub repo (`owner/name[@revision]`) onto its base, checking it is the right
+        base (the weight fingerprint). Given a `generalist` already serving other adapters, this one is
+        added beside them."""
+        folder = resolve_adapter(adapter)
         meta = AdapterMeta.load(folder)
-        if generalist is None:
-            base = meta.base
-            extra = {"base": base["sd3"], "weights": base["weights"]} if base["generalist"] == "diception" else {}
-            generalist = load_generalist(base["generalist"], device=device, load_text_encoders=False, **extra)
+        generalist = generalist if generalist is not None else load_base(meta, device)
         fingerprint = generalist.fingerprint()
         if fingerprint != meta.base_fingerprint:
             raise AdapterError(
-                f"{folder}: this adapter was trained on base {meta.base['generalist']!r} with weight fingerprint "
+                f"{adapter}: this adapter was trained on base {meta.base['generalist']!r} with weight fingerprint "
                 f"{meta.base_fingerprint}, but the generalist given has fingerprint {fingerprint}; load it onto "
                 "the generalist it was trained on")
         cache = PromptCache.load(folder / PROMPT_CACHE_FILE)
         for prompt in cache.prompts:
             generalist.prompts.cache.put(prompt, *cache.get(prompt))
-        generalist.denoiser = PeftModel.from_pretrained(generalist.denoiser, str(folder)).to(
-            generalist.device, generalist.dtype)
-        generalist.requires_grad_(False)
+        name = attach_adapter(generalist, folder, meta.name)
         return cls(generalist, build_codec(meta.codec, meta.codec_args), meta.prompt, meta.objective,
-                   meta.inference, meta)
+                   meta.inference, meta, name)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """This model's adapter switched on (or, for a built-in task, every adapter off) for one call."""
+        denoiser = self.generalist.denoiser
+        if not isinstance(denoiser, PeftModel):
+            yield
+        elif self.adapter_name is None:
+            with denoiser.disable_adapter():
+                yield
+        else:
+            denoiser.set_adapter(self.adapter_name, inference_mode=True)
+            yield
 
     def check_inference(self, steps: int, guidance: float) -> None:
         """A single-step adapter predicts in one deterministic pass; anything else is a mistake to report."""
@@ -242,16 +280,31 @@ class AdaptedModel:
         self.check_inference(steps, guidance)
         deterministic = self.objective == "single_step"
         members = 1 if deterministic else ensemble
-        runs = [self.generalist.predict(images, self.prompt, steps=steps, guidance=guidance, seed=seed + 1000 * k,
-                                        batch_size=settings["batch_size"], deterministic=deterministic,
-                                        progress=progress)
-                for k in range(members)]
+        with self.active():
+            runs = [self.generalist.predict(images, self.prompt, steps=steps, guidance=guidance,
+                                            seed=seed + 1000 * k, batch_size=settings["batch_size"],
+                                            deterministic=deterministic, progress=progress)
+                    for k in range(members)]
         return [list(samples) for samples in zip(*runs, strict=True)]
 
     def predict(self, images: ImageLike | Sequence[ImageLike], **kwargs: Any) -> list[Any]:
         """Decoded task outputs (masks, depth maps, instances, ...) at each input's own size."""
         return [self.codec.decode(combine_ensemble(self.codec, members))
                 for members in self.predict_encoded(images, **kwargs)]
+
+
+def load_adapters(adapters: Sequence[str | Path], device: torch.device | str | None = None) -> list[AdaptedModel]:
+    """Several adapters, each base loaded once: adapters recording the same base share one generalist."""
+    bases: dict[str, Generalist] = {}
+    models = []
+    for adapter in adapters:
+        folder = resolve_adapter(adapter)  # once: a Hub id is listed and pulled a single time
+        meta = AdapterMeta.load(folder)
+        key = json.dumps([meta.base, meta.base_fingerprint], sort_keys=True)
+        if key not in bases:
+            bases[key] = load_base(meta, device)
+        models.append(AdaptedModel.from_pretrained(folder, generalist=bases[key]))
+    return models
 
 
 def combine_ensemble(codec: Codec, members: list[Prediction]) -> np.ndarray:

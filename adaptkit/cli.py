@@ -109,15 +109,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from adaptkit.data import check_all, open_source
     from adaptkit.inference import evaluate
-    from adaptkit.recipe import DataSection, load_recipe
+    from adaptkit.recipe import DataSection, recorded_recipe
 
     model = _load_model(args.adapter, args.task, args.base, args.class_name)
-    recipe_data = load_recipe(model.meta.recipe).data if model.meta else DataSection(source="folder")
+    # the recorded recipe says how the adapter was made, not what this machine holds: never re-validated
+    recipe_data = recorded_recipe(model.meta.recipe).data if model.meta else DataSection(source="folder")
     if args.data:
         data = replace(recipe_data, source="folder", path=args.data)
         source = open_source(data, model.codec)
         ids = source.ids()
     elif model.meta:
+        if recipe_data.source in ("folder", "coco") and not Path(recipe_data.path).exists():
+            raise SystemExit(f"error: the adapter's training data {recipe_data.path!r} is not on this machine; "
+                             "pass --data FOLDER (images/ and masks/ with matching stems) to evaluate on yours")
         source = open_source(recipe_data, model.codec)
         ids = model.meta.samples.get(args.split) or []
         if not ids:

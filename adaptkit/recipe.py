@@ -327,6 +327,18 @@ def load_recipe(path_or_name: str | Path | dict[str, Any], overrides: list[str] 
     return recipe
 
 
+def recorded_recipe(record: dict[str, Any]) -> Recipe:
+    """A recipe as an adapter recorded it, rebuilt as typed data but not checked against this machine.
+
+    An adapter travels (a Hub repo, a colleague's disk): its recorded `data.path` need not exist
+    here, and nothing that loads or evaluates an adapter should depend on it existing.
+    """
+    try:
+        return _build(Recipe, record, "")
+    except RecipeError as error:
+        raise RecipeError(f"the recorded recipe: {error}") from None
+
+
 def bundled_recipe_dir() -> Path:
     return Path(str(resources.files("adaptkit") / "recipes"))
 
