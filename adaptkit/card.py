@@ -100,7 +100,7 @@ def _table(rows: Sequence[tuple[Any, ...]], header: tuple[str, ...]) -> str:
 
 
 def _value(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else f"`{value}`"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def build_card(meta: AdapterMeta, evaluations: Sequence[Evaluation] = (), images: dict[str, str] | None = None,
@@ -146,7 +146,9 @@ def build_card(meta: AdapterMeta, evaluations: Sequence[Evaluation] = (), images
         sections.append("## Sweep\nThis adapter is the best trial of a hyper-parameter sweep.\n\n"
                         + _table(rows + extra, ("parameter", "value")))
     if evaluations:
-        rows = [(e.split, e.dataset or "", name, f"{value:.4f}") for e in evaluations for name, value in e.metrics.items()]
+        default_data = _data_source(recipe)[1]
+        rows = [(e.split, e.dataset or default_data, name, f"{value:.4f}")
+                for e in evaluations for name, value in e.metrics.items()]
         sections.append("## Results\ntorchmetrics values; `validation` is the best validation point during "
                         "training.\n\n" + _table(rows, ("split", "data", "metric", "value")))
     if images.get("grid"):

@@ -130,25 +130,84 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         raise SystemExit("error: a built-in task needs --data FOLDER (images/ and masks/ with matching stems)")
     samples = check_all(source, ids)
-    out = Path(args.out or (Path(args.adapter).parent / f"eval-{args.split}" if args.adapter else "eval"))
+    beside = args.adapter and Path(args.adapter).is_dir()  # a Hub id's folder is the read-only cache: not there
+    out = Path(args.out or (Path(args.adapter).parent / f"eval-{args.split}" if beside else f"eval-{args.split}"))
     metrics = args.metrics.split(",") if args.metrics else (model.meta.recipe["eval"]["metrics"] or None
                                                             if model.meta else None)
-    report = evaluate(model, samples, out, metrics=metrics, **_inference_settings(args))
+    split = Path(args.data).name if args.data else args.split
+    report = evaluate(model, samples, out, metrics=metrics, split=split if model.meta else "",
+                      **_inference_settings(args))
     print(report.table())
     print(f"written: {out}/metrics.json, {out}/report.md, {out}/grid.png")
     return 0
 
 
+def _is_adapter(argument: str) -> bool:
+    """How `predict` tells adapters from inputs: a folder holding adaptkit.json, or a Hub id (owner/name[@rev])
+    that is not a local path and has no image suffix."""
+    from adaptkit.adapters import ADAPTER_META_FILE
+    from adaptkit.hub import is_hub_ref
+    from adaptkit.images import IMAGE_SUFFIXES
+
+    path = Path(argument).expanduser()
+    return (path / ADAPTER_META_FILE).is_file() or (is_hub_ref(argument) and path.suffix.lower() not in IMAGE_SUFFIXES)
+
+
+def _output_names(adapters: list[str]) -> list[str]:
+    """One sub-folder name per adapter: a Hub id's owner--name, a run's name for runs/NAME/adapter."""
+    names, seen = [], set()
+    for adapter in adapters:
+        path = Path(adapter)
+        if path.is_dir():
+            name = path.resolve().parent.name if path.resolve().name in ("adapter", "best") else path.resolve().name
+        else:
+            name = adapter.replace("/", "--").replace("@", "-")
+        unique, count = name, 1
+        while unique in seen:
+            count += 1
+            unique = f"{name}-{count}"
+        seen.add(unique)
+        names.append(unique)
+    return names
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Predict images, files, folders or globs; write masks, depth maps, instances... in native formats."""
+    """Predict images, files, folders or globs with one or several adapters on one loaded base."""
+    from adaptkit.adapters import load_adapters
     from adaptkit.inference import predict_files
 
-    model = _load_model(args.adapter, None, args.base, args.class_name)
-    report = predict_files(model, args.inputs, args.out, raw=args.raw, **_inference_settings(args))
-    for path, reason in report.skipped.items():
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    print(f"{len(report.written)} prediction(s) written to {args.out} ({len(report.skipped)} input(s) skipped)")
-    return 0 if report.written or not report.skipped else 1
+    items = list(args.items)
+    if args.adapter:
+        adapters, inputs = list(args.adapter), items
+    else:
+        count = 1 + next((i for i, item in enumerate(items[1:]) if not _is_adapter(item)), len(items) - 1)
+        adapters, inputs = items[:count], items[count:]
+    if not inputs:
+        raise SystemExit("error: no inputs: give image files, folders or globs after the adapter(s)")
+    tasks = [a for a in adapters if not _is_adapter(a) and not Path(a).exists()]
+    if tasks and len(adapters) > 1:
+        raise SystemExit(f"error: {tasks[0]!r} is neither an adapter folder (holding adaptkit.json) nor a Hub id; "
+                         "several adapters must each be one")
+    models = ([_load_model(adapters[0], None, args.base, args.class_name)] if tasks or len(adapters) == 1
+              else load_adapters(adapters))
+    outs = [Path(args.out)] if len(models) == 1 else [Path(args.out) / name for name in _output_names(adapters)]
+    failed = False
+    for model, out in zip(models, outs, strict=True):
+        report = predict_files(model, inputs, out, raw=args.raw, **_inference_settings(args))
+        for path, reason in report.skipped.items():
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"{len(report.written)} prediction(s) written to {out} ({len(report.skipped)} input(s) skipped)")
+        failed = failed or (not report.written and bool(report.skipped))
+    return 1 if failed else 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload an adapter folder (with its card, evaluation grid and curve) to a Hub model repo."""
+    from adaptkit.hub import push
+
+    where = push(args.adapter, args.repo_id, private=args.private, revision=args.revision, message=args.message)
+    print(f"pushed {args.adapter} to {where}")
+    return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -173,7 +232,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     print(f"2/3 evaluate on {len(test)} held-out test images, before and after adaptation")
     with model.generalist.denoiser.disable_adapter():
         before = evaluate(model, test, out / "eval-before", progress=False)
-    after = evaluate(model, test, out / "eval")
+    after = evaluate(model, test, out / "eval", split="test")
     print("3/3 predict a few images")
     (out / "inputs").mkdir()
     for sample in test[:4]:
@@ -258,12 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="output folder (default: beside the adapter)")
     add_inference_options(evaluate)
 
-    predict = add("predict", cmd_predict, "predict images with an adapter or a built-in task")
-    predict.add_argument("adapter", help="adapter folder, Hub id, or a built-in task name (depth, normal, ...)")
-    predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    predict.add_argument("--out", required=True, help="output folder")
+    predict = add("predict", cmd_predict, "predict images with one or several adapters, or a built-in task")
+    predict.add_argument("items", nargs="+", metavar="ADAPTER... INPUT...",
+                         help="one or more adapters (folders holding adaptkit.json, or Hub ids owner/name[@rev]; "
+                              "the first may be a built-in task name: depth, normal, ...), then image files, "
+                              "folders or glob patterns")
+    predict.add_argument("--adapter", action="append", default=None,
+                         help="an adapter, repeatable; then every positional argument is an input")
+    predict.add_argument("--out", required=True, help="output folder (several adapters: one sub-folder each)")
     predict.add_argument("--raw", action="store_true", help="also write the raw colour-encoded image")
     add_inference_options(predict)
+
+    push = add("push", cmd_push, "upload an adapter to a Hugging Face Hub model repo (created if needed)")
+    push.add_argument("adapter", help="an adapter folder (runs/NAME/adapter, or a sweep's best/)")
+    push.add_argument("repo_id", help="the model repo, owner/name")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", default=None, help="a branch to push to (created if needed; default: main)")
+    push.add_argument("--message", default=None, help="the commit message")
 
     quick = add("quickstart", cmd_quickstart, "adapt the embedded default to a new task: train, evaluate, predict")
     quick.add_argument("overrides", nargs="*", help=overrides_help)
@@ -292,13 +362,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from adaptkit.codecs import CodecError
     from adaptkit.data import DataError
     from adaptkit.generalist import CheckpointError
+    from adaptkit.hub import HubError
     from adaptkit.recipe import RecipeError
     from adaptkit.training import TrainingError
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no banner chatter
     try:
         return args.handler(args)
-    except (RecipeError, CodecError, DataError, AdapterError, CheckpointError, TrainingError) as error:
+    except (RecipeError, CodecError, DataError, AdapterError, CheckpointError, TrainingError, HubError) as error:
         # the user's input is at fault and the message says what to fix: no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -67,8 +67,12 @@ class EvalReport:
 def evaluate(model: AdaptedModel, samples: Sequence[Sample], out: str | Path | None = None,
              metrics: list[str] | None = None, steps: int | None = None, guidance: float | None = None,
              ensemble: int | None = None, seed: int | None = None, grid: int = 8,
-             progress: bool = True) -> EvalReport:
-    """Predict every sample, decode, score with torchmetrics; write metrics.json, report.md, grid.png to `out`."""
+             progress: bool = True, split: str = "") -> EvalReport:
+    """Predict every sample, decode, score with torchmetrics; write metrics.json, report.md, grid.png to `out`.
+
+    `split` names what was evaluated (`test`, or a folder's name): it is recorded, and `adaptkit push` puts
+    recorded evaluations into the model card.
+    """
     settings = model.inference
     steps = settings["steps"] if steps is None else steps
     guidance = settings["guidance"] if guidance is None else guidance
@@ -86,7 +90,8 @@ def evaluate(model: AdaptedModel, samples: Sequence[Sample], out: str | Path | N
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps({"metrics": values, "images": len(samples), "steps": steps,
+        (out / "metrics.json").write_text(json.dumps({"metrics": values, "split": split, "images": len(samples),
+                                                      "steps": steps,
                                                       "guidance": guidance, "ensemble": ensemble,
                                                       "seconds_per_image": report.seconds_per_image,
                                                       "ids": [s.id for s in samples]}, indent=2) + "\n")
@@ -96,16 +101,23 @@ def evaluate(model: AdaptedModel, samples: Sequence[Sample], out: str | Path | N
     return report
 
 
-def save_grid(path: Path, rows: list[tuple[np.ndarray, ...]], cell: int = 128) -> None:
-    """Rows of pictures side by side (input | prediction | ground truth), each resized to `cell` px high."""
+def save_grid(path: Path, rows: list[tuple[np.ndarray, ...]], cell: int = 128,
+              titles: Sequence[str] = ("input", "prediction", "target")) -> None:
+    """Rows of pictures side by side under titled columns, each resized to `cell` px high."""
+    from PIL import ImageDraw
+
     if not rows:
         return
-    columns = len(rows[0])
-    canvas = Image.new("RGB", (columns * cell + (columns - 1) * 2, len(rows) * (cell + 2) - 2), "white")
+    columns, header = len(rows[0]), 18
+    canvas = Image.new("RGB", (columns * cell + (columns - 1) * 2, header + len(rows) * (cell + 2) - 2), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(titles[:columns]):
+        width = draw.textlength(title)
+        draw.text((c * (cell + 2) + (cell - width) / 2, 3), title, fill="black")
     for r, pictures in enumerate(rows):
         for c, picture in enumerate(pictures):
             tile = to_pil(picture).resize((cell, cell), Image.Resampling.NEAREST)
-            canvas.paste(tile, (c * (cell + 2), r * (cell + 2)))
+            canvas.paste(tile, (c * (cell + 2), header + r * (cell + 2)))
     canvas.save(path)
 
 
