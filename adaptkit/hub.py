@@ -63,27 +63,24 @@ def download_adapter(ref: str) -> Path:
     (`HF_HUB_OFFLINE=1`, or no network) the cached snapshot is used, and its files are checked too.
     """
     from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     repo_id, revision = split_ref(ref)
     if not constants.is_offline_mode():
         try:
-            refuse_unsafe(ref, HfApi().list_repo_files(repo_id, revision=revision))
+            # one request, no retries (an unreachable Hub falls back to the cache at once); siblings list every file
+            files = [sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision).siblings or []]
         except RepositoryNotFoundError:
             raise HubError(f"{ref}: no such model repo on the Hub (if it is private, log in with `hf auth login` "
                            "or set HF_TOKEN)") from None
         except RevisionNotFoundError:
             raise HubError(f"{ref}: the repo has no revision {revision!r}") from None
-        except (HfHubHTTPError, OSError):
-            pass  # the Hub is unreachable: the cached snapshot, if any, is used below
+        except Exception:  # the Hub is unreachable (HTTP or transport errors): the cached snapshot is used below
+            files = []
+        refuse_unsafe(ref, files)
     try:
         folder = Path(snapshot_download(repo_id, revision=revision))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+    except Exception as error:  # huggingface_hub raises many kinds here; all mean "not available here"
         raise HubError(f"{ref}: not in the local Hub cache and the Hub is not reachable ({type(error).__name__}); "
                        f"pull it once with network (adaptkit predict {ref} ...), or pass a local folder") from None
     refuse_unsafe(ref, (str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
