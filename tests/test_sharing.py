@@ -173,3 +173,31 @@ def test_the_released_base_is_named_by_its_hub_ids():
     assert "base_model" not in yaml.safe_load(card_data(local).to_yaml())  # local paths are not Hub ids
     assert {PIPELINE_TAGS.get(c, "image-to-image") for c in ("semantic", "instances", "keypoints", "normals")} == {
         "image-segmentation", "keypoint-detection", "image-to-image"}
+
+
+def test_a_hub_base_is_recorded_with_the_commit_that_was_loaded(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from adaptkit.adapters import base_record
+
+    def cache(repo_id: str, filename: str, commit: str) -> None:
+        folder = tmp_path / f"models--{repo_id.replace('/', '--')}"
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / "main").write_text(commit)
+        (folder / "snapshots" / commit / filename).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "snapshots" / commit / filename).write_text("{}")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    cache("someone/generalist", "generalist.json", "a" * 40)
+    cache("stabilityai/stable-diffusion-3-medium-diffusers", "transformer/config.json", "b" * 40)
+    cache("Canyu/DICEPTION", "DICEPTION_v1.pth", "c" * 40)
+    assert base_record({"generalist": "someone/generalist", "resolution": None}) == {
+        "generalist": "someone/generalist", "revision": "a" * 40}
+    assert base_record({"generalist": "diception", "sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
+                        "weights": "Canyu/DICEPTION", "resolution": 768}) == {
+        "generalist": "diception", "resolution": 768, "sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
+        "sd3_revision": "b" * 40, "weights": "Canyu/DICEPTION", "weights_revision": "c" * 40}
+    local = tmp_path / "my-weights.pth"
+    local.write_bytes(b"")
+    assert base_record({"generalist": "diception", "sd3": "/models/sd3", "weights": str(local)}) == {
+        "generalist": "diception", "sd3": "/models/sd3", "weights": str(local)}  # local paths as given
