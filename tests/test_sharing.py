@@ -113,6 +113,11 @@ def test_eval_on_your_own_data_never_rechecks_the_recorded_recipe(adapters, tmp_
     assert code == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert record["images"] == 5 and record["split"] == "mine"
+    grid = np.asarray(Image.open(tmp_path / "eval" / "grid.png").convert("L"))
+    assert grid.shape == (18 + 5 * 130 - 2, 3 * 130 - 2)  # a title band over 5 rows of 3 pictures
+    for column in range(3):  # input / prediction / target: dark title text over each column, white around it
+        band = grid[:18, column * 130:column * 130 + 128]
+        assert band.min() < 100 and np.median(band) == 255
     with pytest.raises(SystemExit, match="not on this machine; pass --data FOLDER"):  # the recorded data is gone
         main(["eval", str(adapters["red"]), "--out", str(tmp_path / "eval2")])
 
