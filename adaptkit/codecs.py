@@ -262,7 +262,10 @@ def _segment_projection(
     the position t in [0, 1] along it and the distance. Vectorised with matrix products (no (N, S, 3)
     temporaries) and chunked over points, so memory stays bounded for a noise image with a million distinct
     colours."""
-    seg = (ends - starts).astype(np.float64)
+    # All in float64: squared lengths of float32 anchors lose ~1e-8, which the expanded distance below turns
+    # into picking a neighbouring segment's clamped end for points within ~1e-4 (in value) of an anchor.
+    starts, ends = starts.astype(np.float64), ends.astype(np.float64)
+    seg = ends - starts
     seg_len2 = np.maximum((seg**2).sum(1), 1e-12)
     start_dot_seg = (starts * seg).sum(1)
     start_len2 = (starts**2).sum(1)
