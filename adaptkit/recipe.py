@@ -291,6 +291,10 @@ def _validate(recipe: Recipe) -> None:
             f"{where}: train.objective single_step predicts in one deterministic pass, so inference.steps must "
             f"be 1 and inference.guidance 1.0 (got {recipe.inference.steps}, {recipe.inference.guidance}); "
             "use train.objective=flow for multi-step sampling")
+    if recipe.train.pixel_loss and recipe.train.objective != "single_step":
+        raise RecipeError(f"{where}: train.pixel_loss decodes the single_step objective's one-pass prediction, so it "
+                          f"needs train.objective single_step (got {recipe.train.objective}); drop the pixel loss "
+                          "or train single_step")
     if recipe.data.source in ("folder", "coco") and not Path(recipe.data.path).expanduser().exists():
         raise RecipeError(f"{where}: data.path {recipe.data.path!r} does not exist")
 
