@@ -44,9 +44,9 @@ from adaptkit.training import train
 TASKS: list[tuple[str, str, str, str, dict[str, Any], str, str]] = [
     ("masks", "binary_mask", "nearest", "[[image2nearest]]", {}, "single_step", "iou"),
     ("depth", "depth", "depth", "[[image2depth]]", {}, "single_step", "absrel"),
-    ("depth, new prompt", "depth", "depth", "[[image2distance]]", {}, "single_step", "absrel"),
+    ("depth, new prompt", "depth", "depth", "[[image2far]]", {}, "single_step", "absrel"),
     ("normals", "normals", "normals", "[[image2normal]]", {}, "single_step", "mean_angle"),
-    ("normals, new prompt", "normals", "normals", "[[image2orientation]]", {}, "single_step", "mean_angle"),
+    ("normals, new prompt", "normals", "normals", "[[image2tilt]]", {}, "single_step", "mean_angle"),
     ("semantic", "semantic", "semantic", "[[image2semantic]]", {"num_classes": 5}, "single_step", "miou"),
     ("entities", "instances", "entity", "[[image2entity]]", {}, "flow", "map50"),
 ]

@@ -120,8 +120,13 @@ def _write_target(codec: str, scene: synth.SceneSample, index: int, stem: Path) 
 
 
 def write_folder(root: Path, scenes: list[synth.SceneSample], kind: str, targets: str = "masks",
-                 grey_images: bool = False) -> Path:
+                 grey_images: bool = False, points: bool = False) -> Path:
+    """`root/images/` and `root/{targets}/` with matching stems; with `points`, `root/prompts/` point prompts."""
     for index, scene in enumerate(scenes):
+        if points:
+            (root / "prompts").mkdir(parents=True, exist_ok=True)
+            point = [[float(x), float(y)] for x, y in np.random.default_rng(index).uniform(0, SIZE - 1, (2, 2))]
+            (root / "prompts" / f"{index:03d}.json").write_text(json.dumps({"points": point}))
         image = _rgb8(scene.image)
         if grey_images:  # 16-bit grey images (X-rays)
             image = np.rint(scene.image.mean(2) * 65535).astype(np.uint16)
@@ -143,10 +148,11 @@ class Case:
     pixel_loss: bool = False
     #: what `predict` writes per image (suffixes), each loaded back with the codec's `load_target`
     outputs: tuple[str, ...] = (".png",)
+    points: bool = False  # point prompts beside the images (validation and eval must both use them)
 
 
 CASES = {
-    "binary_mask": Case("binary_mask", objective="flow"),
+    "binary_mask": Case("binary_mask", objective="flow", points=True),
     "semantic": Case("semantic", {"num_classes": 5}, pixel_loss=True),
     "instances": Case("instances", objective="flow", outputs=(".png", ".json")),
     "depth": Case("depth", pixel_loss=True, outputs=(".npy", ".png")),
@@ -188,7 +194,7 @@ def matrix(tmp_path_factory, scenes) -> dict[str, Path]:
     runs = {}
     for name, case in CASES.items():
         root = tmp_path_factory.mktemp(name)
-        folder = write_folder(root / "data", scenes, case.data or case.codec)
+        folder = write_folder(root / "data", scenes, case.data or case.codec, points=case.points)
         recipe = root / "recipe.yaml"
         recipe.write_text(yaml.safe_dump(case_recipe(case, folder)))
         run_cli("check", str(recipe))
@@ -382,3 +388,12 @@ def test_bundled_recipe_trains_two_steps(name, tmp_path, scenes):
     result = train(recipe, tmp_path / "run", progress=False)
     assert (result.adapter / "adapter_model.safetensors").is_file()
     assert _finite(result.metrics) and set(recipe.eval.metrics) <= set(result.metrics)
+
+
+@pytest.mark.parametrize("task, kind", [("normals", "normals"), ("point_segmentation", "binary_mask")])
+def test_eval_of_a_builtin_task_by_its_synthetic_name(task, kind, tmp_path, scenes):
+    """`adaptkit eval --task` takes the synthetic world's task names too; point prompts come from prompts/."""
+    folder = write_folder(tmp_path / "data", scenes, kind, points=True)
+    run_cli("eval", "--task", task, "--base", "tiny", "--data", str(folder), "--out", str(tmp_path / "eval"))
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["images"] == SCENES and _finite(report["metrics"])
