@@ -303,12 +303,13 @@ def _validate_task(recipe: Recipe) -> None:
     """What only the codec knows: its arguments build it, the objective can learn its encoding, and the
     metrics named in eval.metrics exist for it. Cheap (no model, no data), so mistakes surface at `check`."""
     from adaptkit.codecs import CodecError, build_codec
-    from adaptkit.metrics import build_codec_metrics
+    from adaptkit.metrics import build_codec_metrics, default_metric_names
 
     where = recipe.source
     try:
         codec = build_codec(recipe.task.codec, recipe.task.codec_args)
-    except CodecError as error:
+        default_metric_names(codec)  # it declares a metric table
+    except (CodecError, ValueError) as error:
         raise RecipeError(f"{where}: task.codec: {error}") from None
     if recipe.train.objective == "single_step" and not codec.deterministic_ok:
         raise RecipeError(

@@ -67,6 +67,12 @@ class RedChannelCodec(Codec):
         return array.astype(np.float32)
 
 
+class UnscoredCodec(RedChannelCodec):
+    """A new kind of codec that forgot to say how it is scored."""
+
+    metric_table = ""
+
+
 USER_CODEC = f"{__name__}:RedChannelCodec"
 
 
@@ -354,6 +360,8 @@ def test_single_step_instances_are_refused_with_the_objective_that_can(tmp_path,
         load_recipe(case_recipe(Case("instances"), folder))
     with pytest.raises(RecipeError, match=r"eval\.metrics: unknown metric 'dice' for codec 'depth'"):
         load_recipe({**case_recipe(Case("depth"), folder), "eval": {"metrics": ["dice"]}})
+    with pytest.raises(RecipeError, match=r"task\.codec: codec .*UnscoredCodec' names metric table '', .*heatmap"):
+        load_recipe(case_recipe(Case(f"{__name__}:UnscoredCodec"), folder))
     with pytest.raises(RecipeError, match=r"pixel_loss .* single_step"):
         load_recipe(case_recipe(Case("depth", objective="flow", pixel_loss=True), folder))
 
