@@ -24,6 +24,7 @@ from adaptkit.codecs import (
     distinct_colors,
     list_codecs,
 )
+from adaptkit.metrics import build_codec_metrics
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SIDES = st.integers(4, 48)
@@ -178,6 +179,7 @@ def test_user_codec_loads_from_module_path(tmp_path, monkeypatch) -> None:
     assert codec.name == "red_mask" and codec.reference == "my_codecs:RedMask"
     assert np.allclose(codec.encode(np.ones((2, 2), bool))[0, 0], [1, 0, 0])
     assert build_codec(codec.reference, codec.to_config()).to_config() == {"color": [255, 0, 0]}
+    assert set(build_codec_metrics(codec).keys()) == {"dice", "iou", "precision", "recall"}  # inherited
     with pytest.raises(CodecError, match="cannot import"):
         build_codec("no_such_module_here:Thing")
     with pytest.raises(CodecError, match="not a Codec"):
