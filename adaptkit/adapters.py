@@ -119,7 +119,7 @@ class AdapterMeta:
 
     name: str
     prompt: str
-    codec: str
+    codec: str  # what build_codec rebuilds it from: a registered name or package.module:ClassName
     codec_args: dict[str, Any]
     objective: str
     inference: dict[str, Any]
@@ -134,7 +134,7 @@ class AdapterMeta:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, generalist: Generalist, codec: Codec, **extra: Any) -> AdapterMeta:
-        return cls(name=recipe.name, prompt=recipe.task.prompt, codec=codec.name, codec_args=codec.to_config(),
+        return cls(name=recipe.name, prompt=recipe.task.prompt, codec=codec.reference, codec_args=codec.to_config(),
                    objective=recipe.train.objective, inference=recipe.to_dict()["inference"],
                    base=base_record(recipe.to_dict()["base"]), base_fingerprint=generalist.fingerprint(),
                    recipe=recipe.to_dict(), **extra)
@@ -270,8 +270,10 @@ class AdaptedModel:
 
     def predict_encoded(self, images: ImageLike | Sequence[ImageLike], steps: int | None = None,
                         guidance: float | None = None, seed: int | None = None, ensemble: int | None = None,
-                        progress: bool = True) -> list[list[Prediction]]:
-        """Colour-encoded predictions: per image, `ensemble` samples (seeds seed, seed + 1000, ...)."""
+                        progress: bool = True, points: Sequence[Sequence[Sequence[float]] | None] | None = None,
+                        ) -> list[list[Prediction]]:
+        """Colour-encoded predictions: per image, `ensemble` samples (seeds seed, seed + 1000, ...); `points`
+        per image (x, y) point prompts, for a point-prompted task."""
         settings = self.inference
         steps = settings["steps"] if steps is None else steps
         guidance = settings["guidance"] if guidance is None else guidance
@@ -281,7 +283,7 @@ class AdaptedModel:
         deterministic = self.objective == "single_step"
         members = 1 if deterministic else ensemble
         with self.active():
-            runs = [self.generalist.predict(images, self.prompt, steps=steps, guidance=guidance,
+            runs = [self.generalist.predict(images, self.prompt, points, steps=steps, guidance=guidance,
                                             seed=seed + 1000 * k, batch_size=settings["batch_size"],
                                             deterministic=deterministic, progress=progress)
                     for k in range(members)]

@@ -262,7 +262,10 @@ def _segment_projection(
     the position t in [0, 1] along it and the distance. Vectorised with matrix products (no (N, S, 3)
     temporaries) and chunked over points, so memory stays bounded for a noise image with a million distinct
     colours."""
-    seg = (ends - starts).astype(np.float64)
+    # All in float64: squared lengths of float32 anchors lose ~1e-8, which the expanded distance below turns
+    # into picking a neighbouring segment's clamped end for points within ~1e-4 (in value) of an anchor.
+    starts, ends = starts.astype(np.float64), ends.astype(np.float64)
+    seg = ends - starts
     seg_len2 = np.maximum((seg**2).sum(1), 1e-12)
     start_dot_seg = (starts * seg).sum(1)
     start_len2 = (starts**2).sum(1)
@@ -361,6 +364,15 @@ class Codec(ABC):
 
     name: ClassVar[str]
     resample: ClassVar[str]  # "nearest" for discrete encodings, "bilinear" for continuous ones
+    #: How decoded outputs are scored: the ``adaptkit.metrics.METRICS`` table for this kind of target, and the
+    #: metrics built when a recipe names none (empty: the table's defaults; the first is the headline metric
+    #: that training monitors). A subclass of a built-in codec inherits both; a codec for a new kind of target
+    #: names the table whose inputs its decoded outputs match (e.g. "heatmap" for an (H, W) map in [0, 1]).
+    metric_table: ClassVar[str] = ""
+    default_metrics: ClassVar[tuple[str, ...]] = ()
+    #: Whether a deterministic single pass can learn the encoding; False where colours are drawn at random per
+    #: encoding (instances), which only a sampler reproduces: a single pass predicts their blurred average.
+    deterministic_ok: ClassVar[bool] = True
 
     @classmethod
     def summary(cls) -> str:
@@ -407,6 +419,11 @@ class Codec(ABC):
         if not isinstance(target, np.ndarray):
             raise self._fail(f"cannot save a {type(target).__name__}; override save() for this target type")
         return [_write_npy(target, Path(f"{stem}.npy"))]
+
+    def metric_options(self) -> dict[str, Any]:
+        """Metric constructor options that this codec's encoding implies (``build_codec_metrics`` passes each
+        to the metrics that accept it): none by default."""
+        return {}
 
     def to_config(self) -> dict[str, Any]:
         """The constructor arguments as JSON-serialisable values: ``build_codec(self.reference, config)``
@@ -582,6 +599,7 @@ class BinaryMaskCodec(Codec):
     """
 
     name = "binary_mask"
+    metric_table = "binary_mask"
     resample = "nearest"
     _SHARPNESS = 10.0  # loss logit at exactly the foreground colour: BCE there is log(1 + e^-10) ~ 5e-5
 
@@ -662,6 +680,7 @@ class SemanticCodec(Codec):
     """
 
     name = "semantic"
+    metric_table = "semantic"
     resample = "nearest"
     _SHARPNESS = 10.0  # logit gap between the true class and its nearest palette neighbour at a perfect pixel
 
@@ -711,6 +730,10 @@ class SemanticCodec(Codec):
                 f"label values {_list_values(labels[bad])} are out of range: classes are "
                 f"0..{self.num_classes - 1} and ignore_index is {self.ignore_index}"
             )
+
+    def metric_options(self) -> dict[str, Any]:
+        """The class count and the ignore index."""
+        return {"num_classes": self.num_classes, "ignore_index": self.ignore_index}
 
     def _encode(self, target: np.ndarray) -> np.ndarray:
         lut = np.concatenate([self.palette, np.zeros((1, 3), np.float32)])  # last row: ignore -> black
@@ -803,6 +826,8 @@ class InstancesCodec(Codec):
     """
 
     name = "instances"
+    metric_table = "instances"
+    deterministic_ok = False
     resample = "nearest"
     _BINS = 32
     _EDGE_WEIGHT = 0.25  # histogram weight of pixels next to the background, whose chroma JPEG blurs
@@ -1076,6 +1101,7 @@ class DepthCodec(Codec):
     """
 
     name = "depth"
+    metric_table = "depth"
     resample = "bilinear"
     _MODES: ClassVar[dict[str, Callable[[np.ndarray], np.ndarray]]] = {
         "inverse": lambda d: 1.0 / d,
@@ -1114,6 +1140,13 @@ class DepthCodec(Codec):
         lo, hi = value[valid].min(), value[valid].max()
         scaled = (value - lo) / (hi - lo) if hi > lo else np.full_like(value, 0.5)
         return np.where(valid, scaled, 0.0).astype(np.float32)
+
+    #: The metric space that matches each mode: metrics align scale and shift where the encoding is affine.
+    _METRIC_SPACES: ClassVar[dict[str, str]] = {"inverse": "disparity", "linear": "depth", "log": "log"}
+
+    def metric_options(self) -> dict[str, Any]:
+        """The space in which depth metrics align the prediction (DICEPTION's inverse depth: disparity)."""
+        return {"space": self._METRIC_SPACES[self.mode]}
 
     def _encode(self, target: np.ndarray) -> np.ndarray:
         return np.repeat(self.relative(target)[..., None], 3, axis=2)
@@ -1165,6 +1198,7 @@ class NormalsCodec(Codec):
     """
 
     name = "normals"
+    metric_table = "normals"
     resample = "bilinear"
     _FACING = np.array([0.0, 0.0, 1.0], np.float32)
     _UNIT_TOLERANCE = 0.05
@@ -1249,6 +1283,7 @@ class KeypointsCodec(Codec):
     """
 
     name = "keypoints"
+    metric_table = "keypoints"
     resample = "nearest"
 
     def __init__(
@@ -1437,6 +1472,7 @@ class HeatmapCodec(Codec):
     """
 
     name = "heatmap"
+    metric_table = "heatmap"
     resample = "bilinear"
 
     def __init__(self, colormap: str | Sequence[Sequence[int]] = "grey") -> None:
@@ -1504,6 +1540,7 @@ class RGBCodec(Codec):
     """
 
     name = "rgb"
+    metric_table = "rgb"
     resample = "bilinear"
 
     def validate(self, target: Any) -> None:

@@ -29,6 +29,8 @@ from adaptkit.metrics import build_codec_metrics
 #: A generalist's own tasks, usable with no adapter: task -> codec (prompts come from the generalist).
 BUILTIN_CODECS = {"depth": "depth", "normal": "normals", "normals": "normals", "entity": "instances",
                   "segmentation": "binary_mask", "point_segmentation": "binary_mask", "semantic": "binary_mask"}
+#: Task names that are aliases of a generalist's prompt key (the synthetic world's task names among them).
+_PROMPT_KEYS = {"normals": "normal", "point_segmentation": "segmentation"}
 
 
 def builtin_task(generalist: Generalist | str, task: str, class_name: str = "") -> AdaptedModel:
@@ -39,10 +41,11 @@ def builtin_task(generalist: Generalist | str, task: str, class_name: str = "") 
     if isinstance(generalist, str):
         generalist = load_generalist(generalist)
     prompts = generalist.config.task_prompts
-    if task not in prompts or task not in BUILTIN_CODECS:
+    if _PROMPT_KEYS.get(task, task) not in prompts or task not in BUILTIN_CODECS:
         raise ValueError(f"task {task!r} is not a built-in task of {generalist.config.name}; built-in tasks: "
-                         f"{', '.join(t for t in prompts if t in BUILTIN_CODECS)}")
-    prompt = f"{prompts[task]} {class_name}".strip() if task == "semantic" else prompts[task]
+                         f"{', '.join(t for t in BUILTIN_CODECS if _PROMPT_KEYS.get(t, t) in prompts)}")
+    prompt = prompts[_PROMPT_KEYS.get(task, task)]
+    prompt = f"{prompt} {class_name}".strip() if task == "semantic" else prompt
     objective = generalist.config.objective
     inference = {"steps": 1, "guidance": 1.0} if objective == "single_step" else {"steps": 28, "guidance": 2.0}
     return AdaptedModel(generalist, build_codec(BUILTIN_CODECS[task]), prompt, objective, inference)
@@ -80,7 +83,7 @@ def evaluate(model: AdaptedModel, samples: Sequence[Sample], out: str | Path | N
     collection = build_codec_metrics(model.codec, metrics)
     started = time.perf_counter()
     encoded = model.predict_encoded([s.image for s in samples], steps=steps, guidance=guidance, seed=seed,
-                                    ensemble=ensemble, progress=progress)
+                                    ensemble=ensemble, progress=progress, points=[s.points for s in samples])
     combined = [combine_ensemble(model.codec, members) for members in encoded]
     for sample, image in zip(samples, combined, strict=True):
         collection.update(model.codec.decode(image), sample.target)

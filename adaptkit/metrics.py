@@ -16,8 +16,8 @@ Decoded types per codec:
 - ``binary_mask``: bool ``(H, W)`` pred and target.
 - ``semantic``: int ``(H, W)`` label maps; target pixels equal to ``ignore_index`` are skipped.
 - ``instances``: pred record ``masks`` bool (N, H, W), ``scores`` float (N,), ``labels`` int (N,)
-  (optional); target bool ``(M, H, W)`` array or a record with ``masks`` (and optional ``labels``);
-  missing labels are all 0.
+  (optional); target bool ``(M, H, W)`` array, integer ``(H, W)`` label map (0 = background) or a
+  record with ``masks`` (and optional ``labels``); missing labels are all 0.
 - ``depth``: float ``(H, W)`` relative prediction (the codec's grey value) and ground-truth depth;
   GT pixels that are finite and > 0 are valid.
 - ``normals``: float ``(H, W, 3)`` (channels last); GT pixels with a non-zero finite vector are valid.
@@ -291,6 +291,16 @@ class PixelAccuracy(_TensorInput, MulticlassAccuracy):
 # --------------------------------------------------------------------------- instances
 
 
+def _instance_masks(record: Any) -> Tensor:
+    """bool (N, H, W) masks of an instance record, a bool (N, H, W) array or an integer (H, W) label map
+    (0 = background, one instance per other id: the form instance targets are stored in)."""
+    masks = torch.as_tensor(record if _is_array(record) else _field(record, "masks"))
+    if masks.ndim == 2:
+        ids = masks.unique()
+        return masks[None] == ids[ids != 0][:, None, None]
+    return masks.bool()
+
+
 def _rle_counts(masks: Tensor) -> list[bytes]:
     """COCO RLE strings of (N, H, W) masks: compact per-image records to keep until compute."""
     from pycocotools import mask as mask_utils
@@ -337,8 +347,8 @@ class MaskAP(_PerImage):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def _update_image(self, pred: Any, target: Any) -> None:
-        pred_masks = torch.as_tensor(_field(pred, "masks")).bool()
-        gt_masks = torch.as_tensor(target if _is_array(target) else _field(target, "masks")).bool()
+        pred_masks = _instance_masks(pred)
+        gt_masks = _instance_masks(target)
         if pred_masks.shape[1:] != gt_masks.shape[1:]:
             raise ValueError(f"mask sizes differ: {tuple(pred_masks.shape)} vs {tuple(gt_masks.shape)}")
         records = {
@@ -753,23 +763,31 @@ def build_metrics(codec_name: str, names: list[str] | None = None, **kwargs: Any
     return MetricCollection(metrics)
 
 
-#: The metric space that matches each depth codec mode (metrics align scale and shift in it).
-_DEPTH_SPACE = {"inverse": "disparity", "linear": "depth", "log": "log"}
+def default_metric_names(codec: Any) -> list[str]:
+    """The metrics a codec is scored with when a recipe names none: its own ``default_metrics``, else its
+    table's; the first is the headline metric that training monitors."""
+    return list(getattr(codec, "default_metrics", ()) or DEFAULT_METRICS.get(_codec_table(codec), ()))
+
+
+def _codec_table(codec: Any) -> str:
+    table = getattr(codec, "metric_table", "")
+    if table not in METRICS:
+        raise ValueError(
+            f"codec {getattr(codec, 'reference', codec.name)!r} names metric table {table!r}, which does not "
+            f"exist: set its class attribute metric_table to the table whose inputs its decoded outputs match "
+            f"(one of {', '.join(METRICS)}), or subclass the built-in codec of that kind")
+    return table
 
 
 def build_codec_metrics(codec: Any, names: list[str] | None = None) -> MetricCollection:
-    """``build_metrics`` with the options a codec's encoding implies.
-
-    A semantic codec fixes the number of classes and the ignore index; a depth codec the space in
-    which predictions are aligned (DICEPTION's inverse depth -> disparity). Takes any object with
-    ``name`` and ``to_config()`` so this module needs nothing from the codec module.
+    """``build_metrics`` for a codec: the table it declares (``metric_table``), its default metrics, and the
+    options its encoding implies (``metric_options()``: a semantic codec fixes the number of classes and the
+    ignore index, a depth codec the space in which predictions are aligned). Asking the codec, not a table
+    keyed by its name, is what lets a user codec (a subclass, or a new kind) be scored; this module still
+    needs nothing from the codec module.
     """
-    config = codec.to_config()
-    options: dict[str, Any] = {}
-    if codec.name == "semantic":
-        options = {"num_classes": config["num_classes"], "ignore_index": config["ignore_index"]}
-    elif codec.name == "depth":
-        options = {"space": _DEPTH_SPACE[config["mode"]]}
-    chosen = DEFAULT_METRICS[codec.name] if names is None else names
-    accepted = set().union(*(_options(METRICS[codec.name][n]) for n in chosen if n in METRICS[codec.name]))
-    return build_metrics(codec.name, names, **{k: v for k, v in options.items() if k in accepted})
+    table = _codec_table(codec)
+    chosen = default_metric_names(codec) if names is None else list(names)
+    accepted = set().union(*(_options(METRICS[table][n]) for n in chosen if n in METRICS[table]))
+    options = {k: v for k, v in codec.metric_options().items() if k in accepted}
+    return build_metrics(table, chosen, **options)

@@ -291,8 +291,36 @@ def _validate(recipe: Recipe) -> None:
             f"{where}: train.objective single_step predicts in one deterministic pass, so inference.steps must "
             f"be 1 and inference.guidance 1.0 (got {recipe.inference.steps}, {recipe.inference.guidance}); "
             "use train.objective=flow for multi-step sampling")
+    if recipe.train.pixel_loss and recipe.train.objective != "single_step":
+        raise RecipeError(f"{where}: train.pixel_loss decodes the single_step objective's one-pass prediction, so it "
+                          f"needs train.objective single_step (got {recipe.train.objective}); drop the pixel loss "
+                          "or train single_step")
     if recipe.data.source in ("folder", "coco") and not Path(recipe.data.path).expanduser().exists():
         raise RecipeError(f"{where}: data.path {recipe.data.path!r} does not exist")
+
+
+def _validate_task(recipe: Recipe) -> None:
+    """What only the codec knows: its arguments build it, the objective can learn its encoding, and the
+    metrics named in eval.metrics exist for it. Cheap (no model, no data), so mistakes surface at `check`."""
+    from adaptkit.codecs import CodecError, build_codec
+    from adaptkit.metrics import build_codec_metrics, default_metric_names
+
+    where = recipe.source
+    try:
+        codec = build_codec(recipe.task.codec, recipe.task.codec_args)
+        default_metric_names(codec)  # it declares a metric table
+    except (CodecError, ValueError) as error:
+        raise RecipeError(f"{where}: task.codec: {error}") from None
+    if recipe.train.objective == "single_step" and not codec.deterministic_ok:
+        raise RecipeError(
+            f"{where}: task.codec {recipe.task.codec} paints its targets in colours drawn at random per encoding, "
+            "which train.objective single_step cannot learn: one deterministic pass predicts their blurred "
+            "average. Use train.objective=flow (sampled in several steps, e.g. inference.steps=8), which draws "
+            "them as DICEPTION does")
+    try:
+        build_codec_metrics(codec, recipe.eval.metrics or None)
+    except ValueError as error:
+        raise RecipeError(f"{where}: eval.metrics: {error}") from None
 
 
 def load_recipe(path_or_name: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None,
@@ -324,6 +352,7 @@ def load_recipe(path_or_name: str | Path | dict[str, Any], overrides: list[str] 
         if candidate.exists() or not Path(recipe.data.path).exists():
             recipe.data.path = str(candidate)
     _validate(recipe)
+    _validate_task(recipe)
     return recipe
 
 

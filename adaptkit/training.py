@@ -35,7 +35,7 @@ from adaptkit.codecs import Codec, build_codec
 from adaptkit.data import Sample, Splits, check_all, hflip_sample, load_splits
 from adaptkit.generalist import MAX_POINTS, Generalist, load_generalist, weights_fingerprint
 from adaptkit.images import resize, to_model_batch
-from adaptkit.metrics import DEFAULT_METRICS, HIGHER_IS_BETTER, build_codec_metrics
+from adaptkit.metrics import HIGHER_IS_BETTER, build_codec_metrics, default_metric_names
 from adaptkit.recipe import Recipe
 
 
@@ -260,7 +260,10 @@ class AdapterModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = {f"val/{k}": float(v) for k, v in self.metrics.compute().items()}
-        self.metrics.reset()
+        # `trainer.validate` runs under inference mode but validation inside `fit` does not: states reset
+        # here would be inference tensors that fit's next validation may not update in place.
+        with torch.inference_mode(False):
+            self.metrics.reset()
         self.log_dict(values, sync_dist=False)
 
     def configure_optimizers(self):
@@ -392,7 +395,7 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
           f"({base_count:,}); {len(splits.train)} training images ({len(train_set)} with flips), "
           f"{len(splits.val)} validation images")
     module = AdapterModule(generalist, recipe, codec, train_set, val_set)
-    monitor = recipe.train.monitor or (recipe.eval.metrics or DEFAULT_METRICS[codec.name])[0]
+    monitor = recipe.train.monitor or (recipe.eval.metrics or default_metric_names(codec))[0]
     higher = HIGHER_IS_BETTER.get(monitor, True)
     meta = AdapterMeta.from_recipe(recipe, generalist, codec, samples=asdict(splits),
                                    trainable_parameters=trainable, base_parameters=base_count)
