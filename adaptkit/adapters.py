@@ -23,6 +23,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from adaptkit.errors import AdaptkitError
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.generalist import Generalist, Prediction, load_generalist, resolve_folder
 from adaptkit.images import ImageLike
@@ -42,7 +43,7 @@ TARGET_PRESETS: dict[str, tuple[str, ...] | None] = {
 }
 
 
-class AdapterError(ValueError):
+class AdapterError(AdaptkitError, ValueError):
     """An adapter that cannot be built or loaded as asked: names the folder, key or module at fault."""
 
 

@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 import yaml
 
+from adaptkit.errors import AdaptkitError
 
-class RecipeError(ValueError):
+
+class RecipeError(AdaptkitError, ValueError):
     """A recipe that cannot run: names the file, the key and what is wrong."""
 
 

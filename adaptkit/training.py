@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from torch.utils.data import DataLoader
 
+from adaptkit.errors import AdaptkitError
 from adaptkit.adapters import AdapterMeta, add_lora, count_parameters, save_adapter
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.data import Sample, Splits, check_all, hflip_sample, load_splits
@@ -39,7 +40,7 @@ from adaptkit.metrics import DEFAULT_METRICS, HIGHER_IS_BETTER, build_codec_metr
 from adaptkit.recipe import Recipe
 
 
-class TrainingError(RuntimeError):
+class TrainingError(AdaptkitError, RuntimeError):
     """Training stopped for a reason the user must act on (the message says which)."""
 
 
