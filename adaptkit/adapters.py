@@ -23,8 +23,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from adaptkit.errors import AdaptkitError
 from adaptkit.codecs import Codec, build_codec
+from adaptkit.errors import AdaptkitError
 from adaptkit.generalist import Generalist, Prediction, load_generalist, resolve_folder
 from adaptkit.images import ImageLike
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache
