@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -59,16 +63,18 @@ def cmd_codecs(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a recipe and its data listing without loading any model; print the resolved recipe."""
-    from adaptkit.codecs import build_codec
-    from adaptkit.data import load_splits
+    """Validate a recipe and every pair of its data without loading any model; print the resolved recipe."""
+    from adaptkit.preflight import preflight
     from adaptkit.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    codec = build_codec(recipe.task.codec, recipe.task.codec_args)
-    _, splits = load_splits(recipe.data, codec)
+    checked = preflight(recipe, decode=("train", "val", "test"))  # what train checks, and the test split too
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    splits = checked.splits
     print(recipe.to_yaml(), end="")
-    print(f"# ok: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images selected")
+    print(f"# ok: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images selected "
+          "and decoded")
     return 0
 
 
@@ -107,8 +113,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Score an adapter (or a built-in task) on labelled images; write metrics.json, report.md, grid.png."""
     from dataclasses import replace
 
-    from adaptkit.data import check_all, open_source
+    from adaptkit.data import DataError, check_all, open_source
     from adaptkit.inference import evaluate
+    from adaptkit.preflight import metric_names
     from adaptkit.recipe import DataSection, load_recipe
 
     model = _load_model(args.adapter, args.task, args.base, args.class_name)
@@ -126,9 +133,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         raise SystemExit("error: a built-in task needs --data FOLDER (images/ and masks/ with matching stems)")
     samples = check_all(source, ids)
+    if not samples:
+        raise DataError(f"{args.data or recipe_data.path}: no labelled pair to evaluate")
     out = Path(args.out or (Path(args.adapter).parent / f"eval-{args.split}" if args.adapter else "eval"))
     metrics = args.metrics.split(",") if args.metrics else (model.meta.recipe["eval"]["metrics"] or None
                                                             if model.meta else None)
+    metric_names(model.codec, metrics, "--metrics")
     report = evaluate(model, samples, out, metrics=metrics, **_inference_settings(args))
     print(report.table())
     print(f"written: {out}/metrics.json, {out}/report.md, {out}/grid.png")
@@ -143,8 +153,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     report = predict_files(model, args.inputs, args.out, raw=args.raw, **_inference_settings(args))
     for path, reason in report.skipped.items():
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not report.written:
+        print(f"error: nothing was predicted: none of {' '.join(args.inputs)} gave a readable image "
+              f"({len(report.skipped)} input(s) skipped)", file=sys.stderr)
+        return 2
     print(f"{len(report.written)} prediction(s) written to {args.out} ({len(report.skipped)} input(s) skipped)")
-    return 0 if report.written or not report.skipped else 1
+    return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -190,18 +204,16 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain (or resume pretraining) the embedded default generalist on the synthetic world."""
-    import yaml
+    from adaptkit.pretrain import STAGES, PretrainConfig, pretrain
+    from adaptkit.recipe import RecipeError, build_section, parse_overrides
 
-    from adaptkit.pretrain import PretrainConfig, pretrain
-
-    values = {}
-    for text in args.settings:
-        key, _, raw = text.partition("=")
-        if key not in PretrainConfig.__dataclass_fields__:
-            raise SystemExit(f"error: unknown pretraining setting {key!r}; settings: "
-                             f"{', '.join(PretrainConfig.__dataclass_fields__)}")
-        values[key] = yaml.safe_load(raw)
-    generalist = pretrain(args.out, PretrainConfig(**values), tuple(args.stages.split(",")))
+    stages = tuple(stage.strip() for stage in args.stages.split(","))
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown or not stages:
+        raise RecipeError(f"--stages {args.stages!r}: unknown stage(s) {', '.join(unknown)}; stages: "
+                          f"{', '.join(STAGES)}")
+    config = build_section(PretrainConfig, parse_overrides(args.settings), "pretrain settings")
+    generalist = pretrain(args.out, config, stages)
     print(f"generalist written to {args.out}/default ({generalist.config.description})")
     return 0
 
@@ -212,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapt a frozen generalist perception diffusion model (DICEPTION) to new tasks "
                     "from ~50 labelled images with LoRA.")
     parser.add_argument("--version", action="version", version=f"adaptkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                        help="refuse images with more pixels (default 100,000,000; env ADAPTKIT_MAX_IMAGE_PIXELS)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -267,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = add("pretrain", cmd_pretrain, "pretrain the embedded default on the synthetic world (hours; resumable)")
     pre.add_argument("--out", required=True, help="run folder; an existing one is resumed")
-    pre.add_argument("--stages", default="vae,generalist", help="comma-separated: vae, generalist")
+    pre.add_argument("--stages", default="vae,generalist", help="comma-separated: vae, generalist (default: both)")
     pre.add_argument("settings", nargs="*", help="PretrainConfig overrides as key=value, e.g. steps=5000")
     return parser
 
@@ -284,20 +299,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    from adaptkit.adapters import AdapterError
-    from adaptkit.codecs import CodecError
-    from adaptkit.data import DataError
-    from adaptkit.generalist import CheckpointError
-    from adaptkit.recipe import RecipeError
-    from adaptkit.training import TrainingError
+    if args.max_image_pixels is not None:
+        os.environ["ADAPTKIT_MAX_IMAGE_PIXELS"] = str(args.max_image_pixels)
+    from adaptkit.errors import AdaptkitError
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no banner chatter
     try:
         return args.handler(args)
-    except (RecipeError, CodecError, DataError, AdapterError, CheckpointError, TrainingError) as error:
+    except AdaptkitError as error:
         # the user's input is at fault and the message says what to fix: no traceback
+        if args.debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # anything else is adaptkit's fault: say so, keep the traceback for the report
+        if args.debug:
+            raise
+        report = _write_traceback()
+        print(f"error: {type(error).__name__}: {error} -- this is a bug in adaptkit, not in your input; the full "
+              f"traceback is in {report} (rerun with --debug to show it here; please report it)", file=sys.stderr)
+        return 1
+
+
+def _write_traceback() -> Path:
+    """Write the current exception's traceback to a new file in the temp folder and return its path."""
+    handle, name = tempfile.mkstemp(prefix=f"adaptkit-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+    with os.fdopen(handle, "w") as file:
+        file.write(f"adaptkit {__version__}\nargv: {sys.argv}\n\n{traceback.format_exc()}")
+    return Path(name)
 
 
 if __name__ == "__main__":

@@ -220,6 +220,15 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**values)
 
 
+def build_section(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Any settings dataclass from a mapping with the recipe's checks: unknown keys get a suggestion, values
+    are type-checked (what `adaptkit pretrain key=value` settings go through)."""
+    try:
+        return _build(cls, data, "")
+    except RecipeError as error:
+        raise RecipeError(f"{where}: {error}" if where else str(error)) from None
+
+
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = data
