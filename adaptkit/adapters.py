@@ -276,6 +276,8 @@ class AdaptedModel:
 
     def check_inference(self, steps: int, guidance: float) -> None:
         """A single-step adapter predicts in one deterministic pass; anything else is a mistake to report."""
+        if steps < 1 or guidance < 0:
+            raise AdapterError(f"steps must be >= 1 and guidance >= 0 (asked for steps={steps}, guidance={guidance})")
         if self.objective == "single_step" and (steps != 1 or guidance != 1.0):
             raise AdapterError(
                 f"adapter {self.meta.name if self.meta else self.prompt!r} was trained with the single_step "

@@ -95,13 +95,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load_model(target: str | None, task: str | None, base: str, class_name: str = ""):
     """An adapter folder / Hub id, or a built-in task of `base` (no adapter: the zero-shot baseline)."""
-    from adaptkit.adapters import AdaptedModel
+    from adaptkit.adapters import AdaptedModel, AdapterError
     from adaptkit.inference import BUILTIN_CODECS, builtin_task
 
     if task or (target in BUILTIN_CODECS and not Path(target).exists()):
         return builtin_task(base, task or target, class_name)
     if not target:
-        raise SystemExit("error: give an adapter folder (or Hub id), or --task TASK for a built-in task")
+        raise AdapterError("give an adapter folder (or Hub id), or --task TASK for a built-in task")
     return AdaptedModel.from_pretrained(target)
 
 
@@ -128,10 +128,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         source = open_source(recipe_data, model.codec)
         ids = model.meta.samples.get(args.split) or []
         if not ids:
-            raise SystemExit(f"error: the adapter records no {args.split!r} images (recorded: "
+            raise DataError(f"the adapter records no {args.split!r} images (recorded: "
                              f"{', '.join(k for k, v in model.meta.samples.items() if v)}); pass --split or --data")
     else:
-        raise SystemExit("error: a built-in task needs --data FOLDER (images/ and masks/ with matching stems)")
+        raise DataError("a built-in task needs --data FOLDER (images/ and masks/ with matching stems)")
     samples = check_all(source, ids)
     if not samples:
         raise DataError(f"{args.data or recipe_data.path}: no labelled pair to evaluate")

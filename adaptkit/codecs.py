@@ -668,11 +668,11 @@ class BinaryMaskCodec(Codec):
             indices = np.asarray(image) if image.mode == "P" else None
             image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
             if indices is not None and image.mode == "RGB":
-                shown = np.asarray(image).max(2)
-                if ((indices != 0) != (shown != 0)).any():
+                shown = self._from_array(np.asarray(image), Path(source))
+                if len(np.unique(indices)) <= 2 and ((indices != 0) != (shown != 0)).any():
                     warnings.warn("palette mask whose index order differs from its colours: read by the colours "
                                   "it shows (foreground = not black)", TargetNote, stacklevel=2)
-                return shown
+                return shown.astype(np.uint8) * 255
         if image.mode not in ("RGBA", "LA"):
             return image
         array = np.asarray(image)
@@ -696,6 +696,11 @@ class BinaryMaskCodec(Codec):
         no rule can tell which of them is foreground.
         """
         if array.ndim == 3 and array.shape[2] in (3, 4):
+            colours = np.unique(array[..., :3].reshape(-1, 3), axis=0)
+            if 2 < len(colours) <= 8:  # a few flat colours: a colour-coded label map, not one mask
+                shown = ", ".join(str(tuple(c)) for c in colours.tolist())
+                raise self._fail(f"{path} shows {len(colours)} colours ({shown}); a mask shows black and one "
+                                 "foreground colour: use the semantic codec for a label map")
             array = array[..., :3].max(2)
         if array.ndim != 2 or array.dtype == np.bool_:
             return array

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import stat
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def read_text(path: str | Path, what: str) -> str:
 def yaml_problem(error: yaml.YAMLError) -> str:
     """'line 3, column 7: ...' from a YAML error (PyYAML's marks count from 0)."""
     mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error)
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     return f"{where}{problem}"
 
@@ -100,6 +101,8 @@ def load_torch(path: str | Path, what: str, fix: str = "") -> Any:
     import torch
 
     path = require_file(path, what, fix)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; random or truncated bytes are not one
+        raise FileError(path, f"{what} is not a readable torch file, truncated or corrupt (not a torch archive)", fix)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

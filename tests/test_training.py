@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
-import json
 import subprocess
 import sys
 from pathlib import Path
