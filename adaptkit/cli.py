@@ -299,9 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    if args.max_image_pixels is not None:
-        os.environ["ADAPTKIT_MAX_IMAGE_PIXELS"] = str(args.max_image_pixels)
     from adaptkit.errors import AdaptkitError
+
+    previous_limit = os.environ.get("ADAPTKIT_MAX_IMAGE_PIXELS")
+    if args.max_image_pixels is not None:  # for this command only (main also runs in-process, e.g. in tests)
+        os.environ["ADAPTKIT_MAX_IMAGE_PIXELS"] = str(args.max_image_pixels)
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no banner chatter
     try:
@@ -321,9 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         report = _write_traceback()
-        print(f"error: {type(error).__name__}: {error} -- this is a bug in adaptkit, not in your input; the full "
+        first_line = (str(error).splitlines() or [""])[0]
+        print(f"error: {type(error).__name__}: {first_line} -- this is a bug in adaptkit, not in your input; the full "
               f"traceback is in {report} (rerun with --debug to show it here; please report it)", file=sys.stderr)
         return 1
+    finally:
+        if previous_limit is None:
+            os.environ.pop("ADAPTKIT_MAX_IMAGE_PIXELS", None)
+        else:
+            os.environ["ADAPTKIT_MAX_IMAGE_PIXELS"] = previous_limit
 
 
 def _write_traceback() -> Path:
