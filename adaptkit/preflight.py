@@ -48,25 +48,30 @@ def check_monitor(recipe: Recipe, codec: Codec) -> None:
                           f"({', '.join(evaluated)}); add it to eval.metrics or monitor one of them")
 
 
+def _devices_asked(devices: str | int) -> int:
+    """How many devices `train.devices` asks for; 0 for 'auto' and -1 (as many as there are)."""
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return 0
+    return len([index for index in text.split(",") if index]) if "," in text else int(text)
+
+
 def check_machine(recipe: Recipe) -> None:
     """The accelerator exists on this machine and has as many devices as train.devices asks for."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
     train, where = recipe.train, recipe.source
-    names = {"gpu": ["cuda", "mps"]}.get(train.accelerator, [train.accelerator])
-    if train.accelerator != "auto":
-        available = [name for name in names if AcceleratorRegistry[name]["accelerator"].is_available()]
-        if not available:
-            raise RecipeError(f"{where}: train.accelerator {train.accelerator!r}: no such device on this machine; "
-                              "use 'auto' or 'cpu'")
-        if name := available[0] if available[0] != "cpu" else "":
-            count = AcceleratorRegistry[name]["accelerator"].auto_device_count()
-            asked = train.devices if isinstance(train.devices, int) else (
-                len([d for d in str(train.devices).split(",") if d.strip()]) if "," in str(train.devices)
-                else int(train.devices) if str(train.devices).isdigit() else 0)
-            if asked > count:
-                raise RecipeError(f"{where}: train.devices asks for {asked} {name} device(s) but this machine has "
-                                  f"{count}")
+    if train.accelerator in ("auto", "cpu"):
+        return  # CPU "devices" are processes: any number works
+    names = ["cuda", "mps"] if train.accelerator == "gpu" else [train.accelerator]
+    available = [name for name in names if AcceleratorRegistry[name]["accelerator"].is_available()]
+    if not available:
+        raise RecipeError(f"{where}: train.accelerator {train.accelerator!r}: no such device on this machine; "
+                          "use 'auto' or 'cpu'")
+    count = AcceleratorRegistry[available[0]]["accelerator"].auto_device_count()
+    if _devices_asked(train.devices) > count:
+        raise RecipeError(f"{where}: train.devices {train.devices!r} asks for more {available[0]} devices than the "
+                          f"{count} this machine has")
 
 
 def _transformer_width(recipe: Recipe) -> int | None:

@@ -355,17 +355,24 @@ def _plain_name(name: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", name))
 
 
+def _require_choice(value: str, choices: list[str], key: str, where: str, what: str) -> None:
+    """RecipeError naming `key` unless `value` is one of `choices` (with the closest as a suggestion)."""
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise RecipeError(f"{where}: {key} {value!r} {what}; {hint}choices: {', '.join(dict.fromkeys(choices))}")
+
+
 def _validate_targets(targets: str | list[str], where: str) -> None:
     from adaptkit.adapters import TARGET_PRESETS  # peft is imported only when a recipe is checked
 
-    if isinstance(targets, str) and targets not in TARGET_PRESETS:
-        close = difflib.get_close_matches(targets, list(TARGET_PRESETS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise RecipeError(f"{where}: adapter.targets {targets!r} is not a preset; {hint}presets: "
-                          f"{', '.join(TARGET_PRESETS)}, or a list of layer names such as [to_q, to_v]")
-    if isinstance(targets, list) and (not targets or not all(name.strip() for name in targets)):
+    presets = list(TARGET_PRESETS)
+    if isinstance(targets, str):
+        _require_choice(targets, presets, "adapter.targets", where,
+                        "is not a preset (or give a list of layer names such as [to_q, to_v])")
+    elif not targets or not all(name.strip() for name in targets):
         raise RecipeError(f"{where}: adapter.targets {targets!r} must name at least one layer; presets: "
-                          f"{', '.join(TARGET_PRESETS)}, or a list of layer names such as [to_q, to_v]")
+                          f"{', '.join(presets)}, or a list of layer names such as [to_q, to_v]")
 
 
 def _validate_trainer(train: TrainSection, where: str) -> None:
@@ -374,18 +381,10 @@ def _validate_trainer(train: TrainSection, where: str) -> None:
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry
 
-    accelerators = ["auto", "gpu", *AcceleratorRegistry.available_accelerators()]
-    if train.accelerator not in accelerators:
-        close = difflib.get_close_matches(train.accelerator, accelerators, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise RecipeError(f"{where}: train.accelerator {train.accelerator!r} is not known to Lightning; {hint}"
-                          f"choices: {', '.join(accelerators)}")
-    strategies = ["auto", "ddp", *StrategyRegistry.available_strategies()]
-    if train.strategy not in strategies:
-        close = difflib.get_close_matches(train.strategy, strategies, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise RecipeError(f"{where}: train.strategy {train.strategy!r} is not known to Lightning; {hint}"
-                          f"choices: {', '.join(dict.fromkeys(strategies))}")
+    _require_choice(train.accelerator, ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())],
+                    "train.accelerator", where, "is not known to Lightning")
+    _require_choice(train.strategy, ["auto", "ddp", *StrategyRegistry.available_strategies()], "train.strategy",
+                    where, "is not known to Lightning")
     devices = train.devices
     valid = (devices == "auto" or (isinstance(devices, int) and (devices >= 1 or devices == -1))
              or (isinstance(devices, str) and re.fullmatch(r"-1|\d+|(\d+,)+\d*", devices.strip()) is not None
