@@ -347,7 +347,7 @@ class SaveLast(L.Callback):
     def _save(self, trainer: L.Trainer) -> None:
         for logger in trainer.loggers:
             logger.save()
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # with optimiser and callback state, to resume
 
     def on_train_batch_end(self, trainer: L.Trainer, module: AdapterModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
