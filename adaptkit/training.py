@@ -347,7 +347,10 @@ class SaveLast(L.Callback):
     def _save(self, trainer: L.Trainer) -> None:
         for logger in trainer.loggers:
             logger.save()
-        trainer.save_checkpoint(self.path, weights_only=False)  # with optimiser and callback state, to resume
+        partial = self.path.with_suffix(".partial")  # kill -9 mid-write must not cost the previous checkpoint
+        trainer.save_checkpoint(partial, weights_only=False)  # with optimiser and callback state, to resume
+        if trainer.is_global_zero:  # only rank 0 writes; save_checkpoint ends with a barrier
+            partial.replace(self.path)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: AdapterModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -608,3 +608,26 @@ def test_an_unexpected_error_is_one_line_naming_the_traceback_file(capsys, monke
     report.unlink()
     with pytest.raises(ZeroDivisionError):
         main(["--debug", "recipes"])
+
+
+def test_sigterm_to_the_command_line_saves_exits_non_zero_and_says_how_to_resume(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = write_recipe(tmp_path / "r.yaml", train={"steps": 5000, "val_every": 2})
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "adaptkit.cli", "train", str(recipe), "--out", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "last.ckpt").is_file():  # written at the first validation: inside fit
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and f"--out {out} --resume" in err
+    step = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 2 <= step < 5000
+    assert json.loads((out / "metrics.json").read_text())["history"]  # the record so far is written
