@@ -393,6 +393,9 @@ def _stop_on_signals(save_last: SaveLast) -> Iterator[None]:
     def request_stop(signum: int, frame: Any) -> None:
         if save_last.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not save_last.stop_requested:
+            print(f"\n{signal.Signals(signum).name}: stopping at the end of this batch, with a checkpoint"
+                  + (" (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""), file=sys.stderr)
         save_last.stop_requested = True
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
