@@ -10,9 +10,11 @@ API use.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import re
+import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,13 +28,17 @@ from torch import nn
 
 from adaptkit.card import build_card
 from adaptkit.codecs import Codec, build_codec
+from adaptkit.errors import AdaptkitError, FileError
+from adaptkit.files import read_json, read_safetensors, require_file, sha256
 from adaptkit.generalist import GENERALIST_CONFIG_FILE, Generalist, Prediction, load_generalist
 from adaptkit.hub import cached_commit, download_adapter, is_hub_ref
 from adaptkit.images import ImageLike
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache
-from adaptkit.recipe import AdapterSection, Recipe
+from adaptkit.recipe import AdapterSection, Recipe, TrainSection
 
 ADAPTER_META_FILE = "adaptkit.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 _ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 _MLP = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
@@ -45,7 +51,7 @@ TARGET_PRESETS: dict[str, tuple[str, ...] | None] = {
 }
 
 
-class AdapterError(ValueError):
+class AdapterError(AdaptkitError, ValueError):
     """An adapter that cannot be built or loaded as asked: names the folder, key or module at fault."""
 
 
@@ -131,6 +137,7 @@ class AdapterMeta:
     trainable_parameters: int = 0
     base_parameters: int = 0
     versions: dict[str, str] = field(default_factory=_versions)
+    weights_sha256: str = ""  # of adapter_model.safetensors, checked at load ("" for adapters written before it)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, generalist: Generalist, codec: Codec, **extra: Any) -> AdapterMeta:
@@ -140,18 +147,55 @@ class AdapterMeta:
                    recipe=recipe.to_dict(), **extra)
 
     def save(self, folder: Path) -> None:
-        from dataclasses import asdict
-
-        (folder / ADAPTER_META_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        (folder / ADAPTER_META_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> AdapterMeta:
+        """`adaptkit.json`, refused with the reason if it is missing, not JSON, or its keys or values are wrong."""
         path = folder / ADAPTER_META_FILE
-        if not path.is_file():
+        if not path.exists():
             raise AdapterError(f"{folder} is not an adaptkit adapter folder: {ADAPTER_META_FILE} is missing")
-        record = json.loads(path.read_text())
-        # keys a newer adaptkit may add (a sweep's record, say) must not stop this one from loading it
-        return cls(**{key: value for key, value in record.items() if key in cls.__dataclass_fields__})
+        data = read_json(path, "adapter record")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        required = [name for name, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        problems = []
+        if not isinstance(data, dict):
+            problems.append(f"expected a JSON object, got {type(data).__name__}")
+        else:
+            if missing := [name for name in required if name not in data]:
+                problems.append(f"missing key(s) {', '.join(missing)}")
+            if unknown := sorted(set(data) - set(fields)):
+                problems.append(f"unknown key(s) {', '.join(unknown)} (an adapter from a newer adaptkit? keys: "
+                                f"{', '.join(fields)})")
+            hints = typing.get_type_hints(cls)
+            for name, value in data.items():
+                kind = typing.get_origin(hints.get(name)) or hints.get(name)
+                if name in fields and isinstance(kind, type) and not isinstance(value, kind):
+                    problems.append(f"{name} must be a {kind.__name__}, got {value!r}")
+            objectives = typing.get_args(typing.get_type_hints(TrainSection)["objective"])
+            if data.get("objective") not in objectives:
+                problems.append(f"objective {data.get('objective')!r} is not one of {', '.join(objectives)}")
+        if problems:
+            raise FileError(path, "not a valid adapter record: " + "; ".join(problems),
+                            "the adapter folder is damaged: copy it again or retrain")
+        return cls(**data)
+
+
+def check_adapter_folder(folder: Path, meta: AdapterMeta) -> None:
+    """Every file of an adapter folder present and readable, and the weights those recorded at training
+    (sha256), before peft opens them: a missing file must never send peft looking on the Hub."""
+    fix = "the adapter folder is incomplete or damaged: copy it again or retrain"
+    config = read_json(require_file(folder / ADAPTER_CONFIG_FILE, "adapter config (PEFT)", fix), "adapter config")
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA" or "r" not in config:
+        raise FileError(folder / ADAPTER_CONFIG_FILE, "not a PEFT LoRA config (needs peft_type LORA and r)", fix)
+    weights = folder / ADAPTER_WEIGHTS_FILE
+    tensors, _ = read_safetensors(weights, "adapter weights", fix)
+    if not tensors or not all("lora_" in name for name in tensors):
+        raise FileError(weights, "holds no LoRA weights", fix)
+    if meta.weights_sha256 and sha256(weights) != meta.weights_sha256:
+        raise FileError(weights, f"its sha256 {sha256(weights)[:16]}... differs from the {meta.weights_sha256[:16]}... "
+                                 f"recorded in {ADAPTER_META_FILE}: the weights changed after training", fix)
 
 
 def save_adapter(folder: str | Path, denoiser: PeftModel, meta: AdapterMeta, prompts: PromptCache) -> Path:
@@ -159,6 +203,7 @@ def save_adapter(folder: str | Path, denoiser: PeftModel, meta: AdapterMeta, pro
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     denoiser.save_pretrained(str(folder))
+    meta.weights_sha256 = sha256(folder / ADAPTER_WEIGHTS_FILE)
     meta.save(folder)
     prompts.subset([meta.prompt, ""]).save(folder / PROMPT_CACHE_FILE)
     build_card(meta, sweep=getattr(meta, "sweep", None)).save(folder / "README.md")
@@ -233,6 +278,12 @@ class AdaptedModel:
         added beside them."""
         folder = resolve_adapter(adapter)
         meta = AdapterMeta.load(folder)
+        check_adapter_folder(folder, meta)
+        cache_file = folder / PROMPT_CACHE_FILE
+        cache = PromptCache.load(require_file(cache_file, "prompt embeddings", "copy the adapter folder again"))
+        if meta.prompt not in cache:
+            raise FileError(cache_file, f"does not hold the embedding of the adapter's prompt {meta.prompt!r}",
+                            "copy the adapter folder again or retrain")
         generalist = generalist if generalist is not None else load_base(meta, device)
         fingerprint = generalist.fingerprint()
         if fingerprint != meta.base_fingerprint:
@@ -240,7 +291,6 @@ class AdaptedModel:
                 f"{adapter}: this adapter was trained on base {meta.base['generalist']!r} with weight fingerprint "
                 f"{meta.base_fingerprint}, but the generalist given has fingerprint {fingerprint}; load it onto "
                 "the generalist it was trained on")
-        cache = PromptCache.load(folder / PROMPT_CACHE_FILE)
         for prompt in cache.prompts:
             generalist.prompts.cache.put(prompt, *cache.get(prompt))
         name = attach_adapter(generalist, folder, meta.name)
@@ -262,6 +312,8 @@ class AdaptedModel:
 
     def check_inference(self, steps: int, guidance: float) -> None:
         """A single-step adapter predicts in one deterministic pass; anything else is a mistake to report."""
+        if steps < 1 or guidance < 0:
+            raise AdapterError(f"steps must be >= 1 and guidance >= 0 (asked for steps={steps}, guidance={guidance})")
         if self.objective == "single_step" and (steps != 1 or guidance != 1.0):
             raise AdapterError(
                 f"adapter {self.meta.name if self.meta else self.prompt!r} was trained with the single_step "

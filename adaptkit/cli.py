@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -59,16 +63,18 @@ def cmd_codecs(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a recipe and its data listing without loading any model; print the resolved recipe."""
-    from adaptkit.codecs import build_codec
-    from adaptkit.data import load_splits
+    """Validate a recipe and every pair of its data without loading any model; print the resolved recipe."""
+    from adaptkit.preflight import preflight
     from adaptkit.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    codec = build_codec(recipe.task.codec, recipe.task.codec_args)
-    _, splits = load_splits(recipe.data, codec)
+    checked = preflight(recipe, decode=("train", "val", "test"))  # what train checks, and the test split too
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    splits = checked.splits
     print(recipe.to_yaml(), end="")
-    print(f"# ok: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images selected")
+    print(f"# ok: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images selected "
+          "and decoded")
     return 0
 
 
@@ -89,13 +95,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load_model(target: str | None, task: str | None, base: str, class_name: str = ""):
     """An adapter folder / Hub id, or a built-in task of `base` (no adapter: the zero-shot baseline)."""
-    from adaptkit.adapters import AdaptedModel
+    from adaptkit.adapters import AdaptedModel, AdapterError
     from adaptkit.inference import BUILTIN_CODECS, builtin_task
 
     if task or (target in BUILTIN_CODECS and not Path(target).exists()):
         return builtin_task(base, task or target, class_name)
     if not target:
-        raise SystemExit("error: give an adapter folder (or Hub id), or --task TASK for a built-in task")
+        raise AdapterError("give an adapter folder (or Hub id), or --task TASK for a built-in task")
     return AdaptedModel.from_pretrained(target)
 
 
@@ -107,8 +113,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Score an adapter (or a built-in task) on labelled images; write metrics.json, report.md, grid.png."""
     from dataclasses import replace
 
-    from adaptkit.data import check_all, open_source
+    from adaptkit.data import DataError, check_all, open_source
     from adaptkit.inference import evaluate
+    from adaptkit.preflight import metric_names
     from adaptkit.recipe import DataSection, recorded_recipe
 
     model = _load_model(args.adapter, args.task, args.base, args.class_name)
@@ -120,20 +127,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ids = source.ids()
     elif model.meta:
         if recipe_data.source in ("folder", "coco") and not Path(recipe_data.path).exists():
-            raise SystemExit(f"error: the adapter's training data {recipe_data.path!r} is not on this machine; "
-                             "pass --data FOLDER (images/ and masks/ with matching stems) to evaluate on yours")
+            raise DataError(f"the adapter's training data {recipe_data.path!r} is not on this machine; "
+                            "pass --data FOLDER (images/ and masks/ with matching stems) to evaluate on yours")
         source = open_source(recipe_data, model.codec)
         ids = model.meta.samples.get(args.split) or []
         if not ids:
-            raise SystemExit(f"error: the adapter records no {args.split!r} images (recorded: "
+            raise DataError(f"the adapter records no {args.split!r} images (recorded: "
                              f"{', '.join(k for k, v in model.meta.samples.items() if v)}); pass --split or --data")
     else:
-        raise SystemExit("error: a built-in task needs --data FOLDER (images/ and masks/ with matching stems)")
+        raise DataError("a built-in task needs --data FOLDER (images/ and masks/ with matching stems)")
     samples = check_all(source, ids)
+    if not samples:
+        raise DataError(f"{args.data or recipe_data.path}: no labelled pair to evaluate")
     beside = args.adapter and Path(args.adapter).is_dir()  # a Hub id's folder is the read-only cache: not there
     out = Path(args.out or (Path(args.adapter).parent / f"eval-{args.split}" if beside else f"eval-{args.split}"))
     metrics = args.metrics.split(",") if args.metrics else (model.meta.recipe["eval"]["metrics"] or None
                                                             if model.meta else None)
+    metric_names(model.codec, metrics, "--metrics")
     split = Path(args.data).name if args.data else args.split
     report = evaluate(model, samples, out, metrics=metrics, split=split if model.meta else "",
                       **_inference_settings(args))
@@ -173,7 +183,7 @@ def _output_names(adapters: list[str]) -> list[str]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict images, files, folders or globs with one or several adapters on one loaded base."""
-    from adaptkit.adapters import load_adapters
+    from adaptkit.adapters import AdapterError, load_adapters
     from adaptkit.inference import predict_files
 
     items = list(args.items)
@@ -183,22 +193,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         count = 1 + next((i for i, item in enumerate(items[1:]) if not _is_adapter(item)), len(items) - 1)
         adapters, inputs = items[:count], items[count:]
     if not inputs:
-        raise SystemExit("error: no inputs: give image files, folders or globs after the adapter(s)")
+        raise AdapterError("no inputs: give image files, folders or globs after the adapter(s)")
     tasks = [a for a in adapters if not _is_adapter(a) and not Path(a).exists()]
     if tasks and len(adapters) > 1:
-        raise SystemExit(f"error: {tasks[0]!r} is neither an adapter folder (holding adaptkit.json) nor a Hub id; "
-                         "several adapters must each be one")
+        raise AdapterError(f"{tasks[0]!r} is neither an adapter folder (holding adaptkit.json) nor a Hub id; "
+                           "several adapters must each be one")
     models = ([_load_model(adapters[0], None, args.base, args.class_name)] if tasks or len(adapters) == 1
               else load_adapters(adapters))
     outs = [Path(args.out)] if len(models) == 1 else [Path(args.out) / name for name in _output_names(adapters)]
-    failed = False
     for model, out in zip(models, outs, strict=True):
         report = predict_files(model, inputs, out, raw=args.raw, **_inference_settings(args))
         for path, reason in report.skipped.items():
             print(f"skipped {path}: {reason}", file=sys.stderr)
+        if not report.written:
+            print(f"error: nothing was predicted: none of {' '.join(inputs)} gave a readable image "
+                  f"({len(report.skipped)} input(s) skipped)", file=sys.stderr)
+            return 2
         print(f"{len(report.written)} prediction(s) written to {out} ({len(report.skipped)} input(s) skipped)")
-        failed = failed or (not report.written and bool(report.skipped))
-    return 1 if failed else 0
+    return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -253,18 +265,16 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain (or resume pretraining) the embedded default generalist on the synthetic world."""
-    import yaml
+    from adaptkit.pretrain import STAGES, PretrainConfig, pretrain
+    from adaptkit.recipe import RecipeError, build_section, parse_overrides
 
-    from adaptkit.pretrain import PretrainConfig, pretrain
-
-    values = {}
-    for text in args.settings:
-        key, _, raw = text.partition("=")
-        if key not in PretrainConfig.__dataclass_fields__:
-            raise SystemExit(f"error: unknown pretraining setting {key!r}; settings: "
-                             f"{', '.join(PretrainConfig.__dataclass_fields__)}")
-        values[key] = yaml.safe_load(raw)
-    generalist = pretrain(args.out, PretrainConfig(**values), tuple(args.stages.split(",")))
+    stages = tuple(stage.strip() for stage in args.stages.split(","))
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown or not stages:
+        raise RecipeError(f"--stages {args.stages!r}: unknown stage(s) {', '.join(unknown)}; stages: "
+                          f"{', '.join(STAGES)}")
+    config = build_section(PretrainConfig, parse_overrides(args.settings), "pretrain settings")
+    generalist = pretrain(args.out, config, stages)
     print(f"generalist written to {args.out}/default ({generalist.config.description})")
     return 0
 
@@ -275,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapt a frozen generalist perception diffusion model (DICEPTION) to new tasks "
                     "from ~50 labelled images with LoRA.")
     parser.add_argument("--version", action="version", version=f"adaptkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                        help="refuse images with more pixels (default 100,000,000; env ADAPTKIT_MAX_IMAGE_PIXELS)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -341,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = add("pretrain", cmd_pretrain, "pretrain the embedded default on the synthetic world (hours; resumable)")
     pre.add_argument("--out", required=True, help="run folder; an existing one is resumed")
-    pre.add_argument("--stages", default="vae,generalist", help="comma-separated: vae, generalist")
+    pre.add_argument("--stages", default="vae,generalist", help="comma-separated: vae, generalist (default: both)")
     pre.add_argument("settings", nargs="*", help="PretrainConfig overrides as key=value, e.g. steps=5000")
     return parser
 
@@ -358,21 +371,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    from adaptkit.adapters import AdapterError
-    from adaptkit.codecs import CodecError
-    from adaptkit.data import DataError
-    from adaptkit.generalist import CheckpointError
-    from adaptkit.hub import HubError
-    from adaptkit.recipe import RecipeError
-    from adaptkit.training import TrainingError
+    from adaptkit.errors import AdaptkitError
+
+    previous_limit = os.environ.get("ADAPTKIT_MAX_IMAGE_PIXELS")
+    if args.max_image_pixels is not None:  # for this command only (main also runs in-process, e.g. in tests)
+        os.environ["ADAPTKIT_MAX_IMAGE_PIXELS"] = str(args.max_image_pixels)
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no banner chatter
     try:
         return args.handler(args)
-    except (RecipeError, CodecError, DataError, AdapterError, CheckpointError, TrainingError, HubError) as error:
+    except AdaptkitError as error:
         # the user's input is at fault and the message says what to fix: no traceback
+        if args.debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # anything else is adaptkit's fault: say so, keep the traceback for the report
+        if args.debug:
+            raise
+        report = _write_traceback()
+        first_line = (str(error).splitlines() or [""])[0]
+        print(f"error: {type(error).__name__}: {first_line} -- this is a bug in adaptkit, not in your input; the full "
+              f"traceback is in {report} (rerun with --debug to show it here; please report it)", file=sys.stderr)
+        return 1
+    finally:
+        if previous_limit is None:
+            os.environ.pop("ADAPTKIT_MAX_IMAGE_PIXELS", None)
+        else:
+            os.environ["ADAPTKIT_MAX_IMAGE_PIXELS"] = previous_limit
+
+
+def _write_traceback() -> Path:
+    """Write the current exception's traceback to a new file in the temp folder and return its path."""
+    handle, name = tempfile.mkstemp(prefix=f"adaptkit-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+    with os.fdopen(handle, "w") as file:
+        file.write(f"adaptkit {__version__}\nargv: {sys.argv}\n\n{traceback.format_exc()}")
+    return Path(name)
 
 
 if __name__ == "__main__":

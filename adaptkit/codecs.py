@@ -20,6 +20,7 @@ import inspect
 import json
 import math
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+
+from adaptkit.errors import AdaptkitError, FileError
+from adaptkit.images import open_image
 
 __all__ = [
     "COCO_KEYPOINTS",
@@ -51,6 +55,7 @@ __all__ = [
     "NormalsCodec",
     "RGBCodec",
     "SemanticCodec",
+    "TargetNote",
     "as_image",
     "build_codec",
     "distinct_colors",
@@ -63,8 +68,13 @@ __all__ = [
 _DARK = 0.15
 
 
-class CodecError(ValueError):
+class CodecError(AdaptkitError, ValueError):
     """A target, image, file, codec name or codec argument that a codec cannot use; the message names both."""
+
+
+class TargetNote(UserWarning):
+    """How a target file that could be read in more than one way was read (e.g. a mask in the alpha channel);
+    data checks collect these per data set and report each kind once, naming the files."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -436,6 +446,11 @@ class Codec(ABC):
     def validate(self, target: Any) -> None:
         """Raise ``CodecError`` naming this codec and the problem unless ``target`` can be encoded."""
 
+    def check_set(self, targets: Sequence[Any]) -> str | None:
+        """What is wrong with a whole set of valid targets that no single one shows (every mask empty, say),
+        or None; data checks call it before anything trains on the set. This default finds nothing."""
+        return None
+
     def hflip(self, target: Any) -> Any:
         """The target of the horizontally flipped image (for joint image / target augmentation); this default
         mirrors an (H, W, ...) array, which is right wherever values do not depend on direction."""
@@ -460,11 +475,11 @@ class Codec(ABC):
         try:
             if path.suffix.lower() == ".npy":
                 return self._from_value(np.load(path, allow_pickle=False), str(path))
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 image.load()
                 return self._from_value(image, str(path))
         except (OSError, ValueError) as exc:
-            if isinstance(exc, CodecError):
+            if isinstance(exc, CodecError | FileError):
                 raise
             raise self._fail(f"cannot read {path} ({exc})") from exc
 
@@ -647,22 +662,82 @@ class BinaryMaskCodec(Codec):
         bce = F.binary_cross_entropy_with_logits(logits, truth)
         return bce + _soft_dice(torch.sigmoid(logits), truth)
 
+    def check_set(self, targets: Sequence[Any]) -> str | None:
+        if len(targets) > 1 and not any(mask.any() for mask in targets):
+            return (f"every one of the {len(targets)} masks is empty (no foreground pixel): nothing to learn; check "
+                    "that the masks folder holds the masks and that task.codec_args.color is their foreground")
+        if len(targets) > 1 and all(mask.all() for mask in targets):
+            return f"every one of the {len(targets)} masks is all foreground: nothing to learn; check the masks folder"
+        return None
+
+    def _from_value(self, value: Any, source: str) -> Any:
+        if isinstance(value, Image.Image):
+            value = self._shown(value, source)
+        return super()._from_value(value, source)
+
+    def _shown(self, image: Image.Image, source: str) -> Image.Image | np.ndarray:
+        """The mask a picture shows: a palette by its colours (not its index order), alpha when only alpha varies.
+
+        A palette whose index 0 is white shows its foreground where the indices are 0, and a mask stored as
+        the alpha channel of a constant colour shows nothing in RGB; both are read as they look, with a note.
+        A picture whose colours and alpha both vary and disagree is ambiguous and refused.
+        """
+        if image.mode in ("P", "PA"):
+            indices = np.asarray(image) if image.mode == "P" else None
+            image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+            if indices is not None and image.mode == "RGB":
+                shown = self._from_array(np.asarray(image), Path(source))
+                if len(np.unique(indices)) <= 2 and ((indices != 0) != (shown != 0)).any():
+                    warnings.warn("palette mask whose index order differs from its colours: read by the colours "
+                                  "it shows (foreground = not black)", TargetNote, stacklevel=2)
+                return shown.astype(np.uint8) * 255
+        if image.mode not in ("RGBA", "LA"):
+            return image
+        array = np.asarray(image)
+        colour, alpha = array[..., :-1].max(2), array[..., -1]
+        if alpha.min() == alpha.max():
+            return colour
+        if colour.min() == colour.max():
+            warnings.warn("mask read from the alpha channel (its colour is constant): opaque = foreground",
+                          TargetNote, stacklevel=2)
+            return alpha
+        if np.array_equal(colour > colour.min(), alpha > alpha.min()):
+            return colour
+        raise self._fail(f"{source}: both its colours and its alpha channel vary, and they disagree on the "
+                         "foreground; save the mask without alpha (0 background, 255 foreground)")
+
     def _from_array(self, array: np.ndarray, path: Path) -> np.ndarray:
-        """Masks as users store them: bool, 0/1, 0/255 (any two values 0 and v), 'P' indices, grey RGB; an
-        8-bit mask saved lossily (JPEG: nearly all values within 64 of 0 or 255) is cut at mid-grey."""
+        """Masks as users store them: bool, 0/1, 0/255 (any two values 0 and v), grey RGB; an 8-bit mask saved
+        lossily (JPEG: many distinct values, nearly all within 64 of 0 or 255) is cut at 128, with a note.
+
+        A few distinct values (a label map 0/1/2, a mask with some 128s) are refused with their pixel counts:
+        no rule can tell which of them is foreground.
+        """
         if array.ndim == 3 and array.shape[2] in (3, 4):
+            colours = np.unique(array[..., :3].reshape(-1, 3), axis=0)
+            if 2 < len(colours) <= 8:  # a few flat colours: a colour-coded label map, not one mask
+                shown = ", ".join(str(tuple(c)) for c in colours.tolist())
+                raise self._fail(f"{path} shows {len(colours)} colours ({shown}); a mask shows black and one "
+                                 "foreground colour: use the semantic codec for a label map")
             array = array[..., :3].max(2)
         if array.ndim != 2 or array.dtype == np.bool_:
             return array
-        values = np.unique(array)
+        values, counts = np.unique(array, return_counts=True)
         if len(values) == 1 or (len(values) == 2 and values[0] == 0):
             return array != 0
         near_extremes = np.minimum(array, 255 - array) < 64
-        if len(values) > 2 and array.dtype == np.uint8 and near_extremes.mean() > 0.95:
+        if (array.dtype == np.uint8 and len(values) > 8 and values[0] < 64 and values[-1] > 191
+                and near_extremes.mean() > 0.95):
+            warnings.warn("mask with values between 0 and 255 (lossy compression): cut at 128", TargetNote,
+                          stacklevel=2)
             return array > 127
+        listed = ", ".join(f"{v} ({c} px)" for v, c in zip(values[:6].tolist(), counts[:6].tolist(), strict=True))
+        more = f" and {len(values) - 6} more values" if len(values) > 6 else ""
+        hint = ("it looks like a label map: use the semantic or instances codec, or save the foreground as 255"
+                if values[-1] < 32 else "set every pixel to 0 (background) or one foreground value")
         raise self._fail(
-            f"{path} holds values {_list_values(values)}; a mask must be 0 and one foreground value "
-            "(0/1, 0/255 or bool) (a label map belongs to the semantic or instances codec)"
+            f"{path} holds values {_list_values(values)} ({listed}{more}); a mask must be 0 and one foreground "
+            f"value (0/1, 0/255 or bool): {hint}"
         )
 
 
@@ -1129,6 +1204,12 @@ class DepthCodec(Codec):
             )
         if not (depth[finite] > 0).any():
             raise self._fail("depth has no valid pixel (every value is 0, NaN or infinite)")
+
+    def check_set(self, targets: Sequence[Any]) -> str | None:
+        if targets and all(len(np.unique(depth[np.isfinite(depth)])) <= 2 for depth in targets):
+            return (f"every one of the {len(targets)} depth targets holds at most two values (e.g. 0 and 255): "
+                    "they look like masks, not depth maps; use the binary_mask codec for masks")
+        return None
 
     def relative(self, depth: np.ndarray) -> np.ndarray:
         """The encoded grey value of each pixel, float32 (H, W) in [0, 1], near = 1, invalid = 0: what

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +27,15 @@ import numpy as np
 from PIL import Image
 
 from adaptkit import synth
-from adaptkit.codecs import Codec, CodecError, Instances, Keypoints
+from adaptkit.codecs import Codec, CodecError, Instances, Keypoints, TargetNote
+from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.images import IMAGE_SUFFIXES, to_rgb_array
 from adaptkit.recipe import DataSection
 
 _SHOWN = 10  # offending files named per problem; the rest are counted
 
 
-class DataError(ValueError):
+class DataError(AdaptkitError, ValueError):
     """Labelled data that cannot be used as the recipe asks; the message names every offending file."""
 
 
@@ -49,6 +52,8 @@ class Sample:
 class DataSource(Protocol):
     """One kind of `data.source`: a cheap listing of pair ids and a loader for one pair."""
 
+    codec: Codec
+
     def ids(self) -> list[str]: ...
 
     def load(self, id: str) -> Sample: ...
@@ -63,6 +68,8 @@ def _listing(what: str, names: Sequence[str]) -> str:
 def _read_image(path: Path) -> np.ndarray:
     try:
         return to_rgb_array(path)
+    except FileError as error:
+        raise DataError(f"image {error}") from error
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read image {path}: {error}") from error
 
@@ -174,16 +181,11 @@ def _parse_target(codec: Codec, value: Any, where: str, image_size: tuple[int, i
     """A target from an in-memory value (PIL image, array, nested list) by the rules the codec applies to file
     contents, so a mask column loads exactly like a mask file: bool, 0/1, 0/255, palette indices, 16-bit ids.
 
-    The codec only reads paths publicly, so this goes through its file-contents parser `_from_array` and
-    mirrors `Codec.load_target`'s size check; a public `codec.parse_target(value, image_size)` would replace it.
+    This goes through the codec's contents parser `_from_value` (what its file reader uses) and mirrors
+    `Codec.load_target`'s size check, wording the errors as a data-set row.
     """
-    if isinstance(value, Image.Image):
-        # As the codec's file reader: palette indices are labels for discrete codecs, colours for continuous ones.
-        native = ("1", "L", "I", "F", "RGB", "P") if codec.resample == "nearest" else ("1", "L", "I", "F", "RGB")
-        if value.mode not in native and not value.mode.startswith("I;16"):
-            value = value.convert("RGB")
     try:
-        target = codec._from_array(np.asarray(value), Path(where))
+        target = codec._from_value(value, where)  # the file rules: palettes, alpha, 16-bit ids, as for files
     except CodecError as error:
         raise DataError(f"{where}: {error}") from error
     if isinstance(target, Keypoints) and target.image_size is None:
@@ -442,20 +444,36 @@ def select_shots(ids: Sequence[str], data: DataSection) -> Splits:
 
 def check_all(source: DataSource, ids: Iterable[str]) -> list[Sample]:
     """Load every pair of `ids`: the samples, or ONE DataError reporting every unusable pair (unreadable,
-    invalid, mis-sized), so a single run shows all the broken files instead of one per attempt. Training calls
-    it on its splits before it loads any model, and keeps the samples it returns.
+    invalid, mis-sized) and what is wrong with the set as a whole (every mask empty, say), so a single run
+    shows all the broken files instead of one per attempt. Training calls it on its splits before it loads
+    any model, and keeps the samples it returns; `adaptkit check` calls it on every listed pair.
+
+    How ambiguous-looking targets were read (a mask in an alpha channel, a lossy mask cut at 128) is printed
+    once per kind, naming the files, so that nothing is read in a way the user did not see.
     """
     ids = list(ids)
-    samples, problems = [], []
+    samples, problems, notes = [], [], {}
     for id in ids:
-        try:
-            samples.append(source.load(id))
-        except DataError as error:
-            problems.append(str(error))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TargetNote)
+            try:
+                samples.append(source.load(id))
+            except (DataError, CodecError, FileError) as error:
+                problems.append(str(error))
+        for warning in caught:
+            if issubclass(warning.category, TargetNote):
+                notes.setdefault(str(warning.message), []).append(id)
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if problems:
         more = [f"... and {len(problems) - _SHOWN} more"] if len(problems) > _SHOWN else []
         raise DataError(f"{len(problems)} of {len(ids)} chosen pairs cannot be used:\n  "
                         + "\n  ".join(problems[:_SHOWN] + more))
+    whole = source.codec.check_set([sample.target for sample in samples])
+    if whole:
+        raise DataError(f"{getattr(source, 'root', None) or getattr(source, 'path', None) or 'the data'}: {whole}")
+    for note, noted in notes.items():
+        print(f"note: {_listing(f'of {len(ids)} targets: {note}', noted)}", file=sys.stderr)
     return samples
 
 

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from adaptkit.errors import AdaptkitError
 from adaptkit.images import ImageLike, resize, to_model_batch, to_rgb_array
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache, PromptEncoder
 
@@ -71,7 +72,7 @@ MAX_POINTS = 5
 SD3_BASE_FILES = ["vae/*", "scheduler/*", "text_encoder*/*", "tokenizer*/*", "transformer/config.json"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AdaptkitError, ValueError):
     """A checkpoint that cannot be loaded as asked: names the file and what is wrong with it."""
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from adaptkit.card import Evaluation, build_card, is_hub_id
+from adaptkit.errors import AdaptkitError
 
 #: File kinds that can run code when loaded (pickles) or are code: never pulled as part of an adapter.
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".dill", ".npy", ".npz",
@@ -29,7 +30,7 @@ ADAPTER_SUFFIXES = (".json", ".safetensors", ".md")
 _REF = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 
 
-class HubError(ValueError):
+class HubError(AdaptkitError, ValueError):
     """A Hub operation that cannot go ahead as asked: the message says what to do."""
 
 

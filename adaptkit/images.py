@@ -7,7 +7,10 @@ handled the same way, in one place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +18,51 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from adaptkit.errors import FileError
+from adaptkit.files import require_file
+
 ImageLike = Image.Image | np.ndarray | str | Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+#: Larger images are refused before they are decoded (PIL's own guard would stop the whole run with a
+#: DecompressionBombError); the environment variable ADAPTKIT_MAX_IMAGE_PIXELS or `--max-image-pixels` sets it.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force: ADAPTKIT_MAX_IMAGE_PIXELS if set, else `DEFAULT_MAX_IMAGE_PIXELS`."""
+    value = os.environ.get("ADAPTKIT_MAX_IMAGE_PIXELS", "")
+    return int(value) if value.strip().isdigit() else DEFAULT_MAX_IMAGE_PIXELS
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """`Image.open` behind adaptkit's file checks: regular files only, the pixel limit checked on the header
+    before any decoding, and PIL's errors for corrupt or truncated files turned into a `FileError`."""
+    path = require_file(path, "image")
+    limit = max_image_pixels()
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = limit  # PIL refuses above twice its limit: ours is checked first below
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError:
+        opened = None
+    except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three for files that are not images
+        raise FileError(path, f"not a readable image ({error})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    if opened is None or opened.width * opened.height > limit:
+        size = f"{opened.width} x {opened.height} = {opened.width * opened.height:,} pixels" if opened else "too large"
+        if opened is not None:
+            opened.close()
+        raise FileError(path, f"image is {size}, above the limit of {limit:,} pixels",
+                        "downscale it, or raise the limit with --max-image-pixels / ADAPTKIT_MAX_IMAGE_PIXELS")
+    with opened:
+        yield opened
 
 
 def _integer_scale(array: np.ndarray) -> float:
@@ -37,8 +82,11 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
     truncated to 8 bits as PIL's `convert("RGB")` would do.
     """
     if isinstance(image, str | Path):
-        with Image.open(image) as opened:
-            opened.load()
+        with open_image(image) as opened:
+            try:
+                opened.load()
+            except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt pixel data
+                raise FileError(image, f"not a readable image ({error})") from None
             return to_rgb_array(opened)
     if isinstance(image, Image.Image):
         if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from adaptkit.adapters import AdaptedModel, combine_ensemble
+from adaptkit.adapters import AdaptedModel, AdapterError, combine_ensemble
 from adaptkit.codecs import build_codec
 from adaptkit.data import Sample
+from adaptkit.errors import FileError
+from adaptkit.files import writable_folder
 from adaptkit.generalist import Generalist, load_generalist
 from adaptkit.images import IMAGE_SUFFIXES, to_pil, to_rgb_array
 from adaptkit.metrics import build_codec_metrics
@@ -42,8 +44,8 @@ def builtin_task(generalist: Generalist | str, task: str, class_name: str = "") 
         generalist = load_generalist(generalist)
     prompts = generalist.config.task_prompts
     if _PROMPT_KEYS.get(task, task) not in prompts or task not in BUILTIN_CODECS:
-        raise ValueError(f"task {task!r} is not a built-in task of {generalist.config.name}; built-in tasks: "
-                         f"{', '.join(t for t in BUILTIN_CODECS if _PROMPT_KEYS.get(t, t) in prompts)}")
+        raise AdapterError(f"task {task!r} is not a built-in task of {generalist.config.name}; built-in tasks: "
+                           f"{', '.join(t for t in BUILTIN_CODECS if _PROMPT_KEYS.get(t, t) in prompts)}")
     prompt = prompts[_PROMPT_KEYS.get(task, task)]
     prompt = f"{prompt} {class_name}".strip() if task == "semantic" else prompt
     objective = generalist.config.objective
@@ -91,8 +93,7 @@ def evaluate(model: AdaptedModel, samples: Sequence[Sample], out: str | Path | N
     values = {name: float(value) for name, value in collection.compute().items()}
     report = EvalReport(values, len(samples), steps, guidance, ensemble, elapsed / max(len(samples), 1))
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = writable_folder(out)
         (out / "metrics.json").write_text(json.dumps({"metrics": values, "split": split, "images": len(samples),
                                                       "steps": steps,
                                                       "guidance": guidance, "ensemble": ensemble,
@@ -124,18 +125,25 @@ def save_grid(path: Path, rows: list[tuple[np.ndarray, ...]], cell: int = 128,
     canvas.save(path)
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths, in the order given."""
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], dict[str, str]]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths, in the order given, and the
+    entries that named nothing (a glob matching no file, a folder without images) with the reason."""
     paths: list[Path] = []
+    empty: dict[str, str] = {}
     for entry in inputs:
         path = Path(entry).expanduser()
         if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif any(ch in entry for ch in "*?["):
-            paths.extend(sorted(Path(p) for p in glob.glob(entry, recursive=True)))
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                empty[entry] = f"the folder holds no images ({', '.join(IMAGE_SUFFIXES)})"
+        elif any(ch in entry for ch in "*?[") and not path.exists():
+            found = sorted(Path(p) for p in glob.glob(entry, recursive=True))
+            if not found:
+                empty[entry] = "the pattern matches no file"
         else:
-            paths.append(path)
-    return paths
+            found = [path]
+        paths.extend(found)
+    return paths, empty
 
 
 @dataclass
@@ -150,14 +158,16 @@ def predict_files(model: AdaptedModel, inputs: Sequence[str], out: str | Path, r
 
     Unreadable inputs are reported in the result and skipped: one bad file never costs the rest.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    readable, skipped = [], {}
-    for path in expand_inputs(inputs):
+    out = writable_folder(out)
+    paths, skipped = expand_inputs(inputs)
+    readable = []
+    for path in paths:
         try:
-            readable.append((path, to_rgb_array(path)))
-        except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three for bad files
-            skipped[str(path)] = f"{type(error).__name__}: {error}"
+            readable.append((path, to_rgb_array(path)))  # FIFOs, oversized and corrupt files: a FileError
+        except FileError as error:
+            skipped[str(path)] = error.problem
+        except (OSError, ValueError) as error:  # pixels no image reader expects (e.g. 2-channel TIFF)
+            skipped[str(path)] = f"not a usable image ({error})"
     written: dict[str, list[Path]] = {}
     if readable:
         encoded = model.predict_encoded([array for _, array in readable], progress=progress, **settings)

@@ -55,6 +55,10 @@ TASK_METRIC = {"depth": "absrel", "normals": "mean_angle", "entity": "map50", "s
                "point_segmentation": "iou"}
 
 
+#: The pretraining stages, in the order they run (`adaptkit pretrain --stages`).
+STAGES = ("vae", "generalist")
+
+
 @dataclass
 class PretrainConfig:
     """Everything that determines the result; recorded beside it."""
@@ -346,7 +350,7 @@ def train_generalist(generalist: Generalist, config: PretrainConfig, out: Path) 
     return evaluate(generalist, val, config.objective, limit=10_000)
 
 
-def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tuple[str, ...] = ("vae", "generalist"),
+def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tuple[str, ...] = STAGES,
              ) -> Generalist:
     """Run (or resume) the stages and write the generalist folder `out/default` with its report."""
     config = config or PretrainConfig()

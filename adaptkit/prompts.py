@@ -12,8 +12,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from adaptkit.errors import FileError
+from adaptkit.files import read_safetensors
 
 PROMPT_CACHE_FILE = "prompt_embeds.safetensors"
 
@@ -56,14 +59,15 @@ class PromptCache:
 
     @classmethod
     def load(cls, path: str | Path) -> PromptCache:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            names = json.loads(handle.metadata()["prompts"])
-        tensors = load_file(str(path))
-        cache = cls()
-        for index, prompt in enumerate(names):
-            cache.put(prompt, tensors[f"{index}.embeds"], tensors[f"{index}.pooled"])
+        fix = "the file is damaged: copy it again (or retrain the adapter)"
+        tensors, metadata = read_safetensors(path, "prompt embeddings", fix)
+        try:
+            names = json.loads(metadata["prompts"])
+            cache = cls()
+            for index, prompt in enumerate(names):
+                cache.put(prompt, tensors[f"{index}.embeds"], tensors[f"{index}.pooled"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise FileError(path, f"not an adaptkit prompt cache ({error!r} missing or malformed)", fix) from None
         return cache
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,8 +21,11 @@ from typing import Any, Literal
 
 import yaml
 
+from adaptkit.errors import AdaptkitError
+from adaptkit.files import read_yaml, yaml_problem
 
-class RecipeError(ValueError):
+
+class RecipeError(AdaptkitError, ValueError):
     """A recipe that cannot run: names the file, the key and what is wrong."""
 
 
@@ -216,6 +220,15 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**values)
 
 
+def build_section(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Any settings dataclass from a mapping with the recipe's checks: unknown keys get a suggestion, values
+    are type-checked (what `adaptkit pretrain key=value` settings go through)."""
+    try:
+        return _build(cls, data, "")
+    except RecipeError as error:
+        raise RecipeError(f"{where}: {error}" if where else str(error)) from None
+
+
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = data
@@ -226,10 +239,24 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _annotation_at(dotted: str) -> Any:
+    """The type of the recipe field a dotted key names (None when it names no field, e.g. inside codec_args)."""
+    node: Any = Recipe
+    for key in dotted.split("."):
+        if not dataclasses.is_dataclass(node):
+            return None
+        hints = typing.get_type_hints(node)
+        if key not in hints:
+            return None
+        node = hints[key]
+    return node
+
+
 def parse_overrides(overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     """`["train.lr=3e-4", "adapter.rank=8"]` (or a dict of dotted keys) -> a nested mapping.
 
-    Values are read as YAML scalars, so `8` is an int, `true` a bool and `[a, b]` a list.
+    Values are read as YAML, so `8` is an int, `true` a bool and `[a, b]` a list, except for keys whose field
+    is a plain string: `task.prompt=[[image2x]]` (DICEPTION's prompt syntax) stays the text typed.
     """
     items = overrides.items() if isinstance(overrides, dict) else []
     if not isinstance(overrides, dict):
@@ -238,7 +265,15 @@ def parse_overrides(overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
             if "=" not in text:
                 raise RecipeError(f"override {text!r}: expected key.path=value, e.g. train.lr=1e-4")
             key, raw = text.split("=", 1)
-            parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+            key = key.strip()
+            if _annotation_at(key) is str or not raw.strip():
+                parsed.append((key, raw))
+                continue
+            try:
+                parsed.append((key, yaml.safe_load(raw)))
+            except yaml.YAMLError as error:
+                raise RecipeError(f"override {text!r}: the value is not valid YAML ({yaml_problem(error)}); "
+                                  "quote it, e.g. key='[1, 2]'") from None
         items = parsed
     nested: dict[str, Any] = {}
     for key, value in items:
@@ -269,6 +304,17 @@ def _validate(recipe: Recipe) -> None:
         (recipe.data.test_shots >= -1, f"data.test_shots must be >= 0 (or -1 for all the rest), got "
                                         f"{recipe.data.test_shots}"),
         (recipe.train.steps >= 1, f"train.steps must be >= 1, got {recipe.train.steps}"),
+        (recipe.train.weight_decay >= 0, f"train.weight_decay must be >= 0, got {recipe.train.weight_decay}"),
+        (recipe.train.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 turns clipping off), got "
+                                      f"{recipe.train.grad_clip}"),
+        (recipe.train.early_stop >= 0, f"train.early_stop must be >= 0 validations (0 turns it off), got "
+                                       f"{recipe.train.early_stop}"),
+        (recipe.train.seed >= 0, f"train.seed must be >= 0, got {recipe.train.seed}"),
+        (recipe.data.seed >= 0, f"data.seed must be >= 0, got {recipe.data.seed}"),
+        (recipe.inference.seed >= 0, f"inference.seed must be >= 0, got {recipe.inference.seed}"),
+        (recipe.inference.batch_size >= 1, f"inference.batch_size must be >= 1, got {recipe.inference.batch_size}"),
+        (recipe.inference.guidance >= 0, f"inference.guidance must be >= 0, got {recipe.inference.guidance}"),
+        (recipe.data.synth_resolution >= 8, f"data.synth_resolution must be >= 8, got {recipe.data.synth_resolution}"),
         (recipe.train.batch_size >= 1, f"train.batch_size must be >= 1, got {recipe.train.batch_size}"),
         (recipe.train.grad_accum >= 1, f"train.grad_accum must be >= 1, got {recipe.train.grad_accum}"),
         (recipe.train.lr > 0, f"train.lr must be > 0, got {recipe.train.lr}"),
@@ -276,8 +322,12 @@ def _validate(recipe: Recipe) -> None:
         (recipe.train.val_every >= 1, f"train.val_every must be >= 1, got {recipe.train.val_every}"),
         (recipe.inference.steps >= 1, f"inference.steps must be >= 1, got {recipe.inference.steps}"),
         (recipe.inference.ensemble >= 1, f"inference.ensemble must be >= 1, got {recipe.inference.ensemble}"),
-        (recipe.base.resolution is None or (recipe.base.resolution >= 16 and recipe.base.resolution % 16 == 0),
-         f"base.resolution must be a multiple of 16, got {recipe.base.resolution}"),
+        (recipe.base.resolution is None or (16 <= recipe.base.resolution <= MAX_RESOLUTION
+                                             and recipe.base.resolution % 16 == 0),
+         f"base.resolution must be a multiple of 16 (patch size 2 x the VAE's factor 8) from 16 to "
+         f"{MAX_RESOLUTION}, got {recipe.base.resolution}"),
+        (_plain_name(recipe.name), f"name {recipe.name!r} must be a plain name (letters, digits, '-', '_', '.'; "
+                                   "not starting with '.'): it names the run folder runs/NAME"),
         (recipe.data.source == "synth" or bool(recipe.data.path),
          f"data.path is empty: give the folder, Hub dataset id or COCO json for source {recipe.data.source!r}"),
         (recipe.data.source != "synth" or bool(recipe.data.synth_task),
@@ -286,6 +336,8 @@ def _validate(recipe: Recipe) -> None:
     for ok, message in checks:
         if not ok:
             raise RecipeError(f"{where}: {message}")
+    _validate_targets(recipe.adapter.targets, where)
+    _validate_trainer(recipe.train, where)
     if recipe.train.objective == "single_step" and (recipe.inference.steps, recipe.inference.guidance) != (1, 1.0):
         raise RecipeError(
             f"{where}: train.objective single_step predicts in one deterministic pass, so inference.steps must "
@@ -321,6 +373,51 @@ def _validate_task(recipe: Recipe) -> None:
         build_codec_metrics(codec, recipe.eval.metrics or None)
     except ValueError as error:
         raise RecipeError(f"{where}: eval.metrics: {error}") from None
+#: Above this the latent grid alone outgrows any accelerator (65536 px would ask for ~51 GB in one layer).
+MAX_RESOLUTION = 4096
+
+
+def _plain_name(name: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", name))
+
+
+def _require_choice(value: str, choices: list[str], key: str, where: str, what: str) -> None:
+    """RecipeError naming `key` unless `value` is one of `choices` (with the closest as a suggestion)."""
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise RecipeError(f"{where}: {key} {value!r} {what}; {hint}choices: {', '.join(dict.fromkeys(choices))}")
+
+
+def _validate_targets(targets: str | list[str], where: str) -> None:
+    from adaptkit.adapters import TARGET_PRESETS  # peft is imported only when a recipe is checked
+
+    presets = list(TARGET_PRESETS)
+    if isinstance(targets, str):
+        _require_choice(targets, presets, "adapter.targets", where,
+                        "is not a preset (or give a list of layer names such as [to_q, to_v])")
+    elif not targets or not all(name.strip() for name in targets):
+        raise RecipeError(f"{where}: adapter.targets {targets!r} must name at least one layer; presets: "
+                          f"{', '.join(presets)}, or a list of layer names such as [to_q, to_v]")
+
+
+def _validate_trainer(train: TrainSection, where: str) -> None:
+    """The settings Lightning takes (accelerator, strategy, devices), checked against Lightning's own registries
+    by name only: whether this machine has them is checked where a run starts (`check`, `train`)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    _require_choice(train.accelerator, ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())],
+                    "train.accelerator", where, "is not known to Lightning")
+    _require_choice(train.strategy, ["auto", "ddp", *StrategyRegistry.available_strategies()], "train.strategy",
+                    where, "is not known to Lightning")
+    devices = train.devices
+    valid = (devices == "auto" or (isinstance(devices, int) and (devices >= 1 or devices == -1))
+             or (isinstance(devices, str) and re.fullmatch(r"-1|\d+|(\d+,)+\d*", devices.strip()) is not None
+                 and devices.strip() != "0"))
+    if not valid:
+        raise RecipeError(f"{where}: train.devices {devices!r} must be 'auto', a number of devices >= 1, -1 (all) "
+                          "or a list of device indices such as '0,1'")
 
 
 def load_recipe(path_or_name: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None,
@@ -335,10 +432,7 @@ def load_recipe(path_or_name: str | Path | dict[str, Any], overrides: list[str] 
     else:
         path = resolve_recipe_path(path_or_name)
         source = str(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise RecipeError(f"{path}: not valid YAML: {error}") from error
+        raw = read_yaml(path, "recipe") or {}
         folder = Path.cwd() if path.parent == bundled_recipe_dir() else path.parent
     if overrides:
         raw = _merge(raw, parse_overrides(overrides))

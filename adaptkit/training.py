@@ -12,12 +12,16 @@ deterministic pass at the pure-noise end of the schedule, which learns far faste
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import math
+import signal
+import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,16 +35,25 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from torch.utils.data import DataLoader
 
 from adaptkit.adapters import AdapterMeta, add_lora, count_parameters, save_adapter
-from adaptkit.codecs import Codec, build_codec
-from adaptkit.data import Sample, Splits, check_all, hflip_sample, load_splits
+from adaptkit.codecs import Codec
+from adaptkit.data import Sample, Splits, hflip_sample
+from adaptkit.errors import AdaptkitError, FileError
+from adaptkit.files import load_torch, writable_folder
 from adaptkit.generalist import MAX_POINTS, Generalist, load_generalist, weights_fingerprint
 from adaptkit.images import resize, to_model_batch
 from adaptkit.metrics import HIGHER_IS_BETTER, build_codec_metrics, default_metric_names
+from adaptkit.preflight import preflight
 from adaptkit.recipe import Recipe
 
 
-class TrainingError(RuntimeError):
+class TrainingError(AdaptkitError, RuntimeError):
     """Training stopped for a reason the user must act on (the message says which)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C or SIGTERM stopped training after a checkpoint was saved; the message says how to resume."""
+
+    exit_code = 130
 
 
 # ------------------------------------------------------------------------ cached latents
@@ -238,6 +251,7 @@ class AdapterModule(L.LightningModule):
             raise TrainingError(
                 f"the training loss became {losses['loss'].item()} at step {self.global_step}; stopping. The adapter "
                 "from the last validation is kept. Lower train.lr, raise train.warmup or keep train.grad_clip > 0.")
+        self.step_losses = {f"train/{k}": float(v.detach()) for k, v in losses.items()}  # what SaveLast logs on a stop
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, on_step=True, on_epoch=False,
                       batch_size=len(indices))
         return losses["loss"]
@@ -295,10 +309,12 @@ class KeepBestAdapter(L.Callback):
         self.history: list[dict[str, float]] = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "history": self.history}
+        return {"best": self.best, "history": self.history, "metrics": dict(self.meta.metrics)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # the best metrics come back with the best value, so a resumed run's metrics.json keeps them
         self.best, self.history = state["best"], state["history"]
+        self.meta.metrics = dict(state.get("metrics", {}))
 
     def on_validation_end(self, trainer: L.Trainer, module: AdapterModule) -> None:
         if trainer.sanity_checking:
@@ -319,14 +335,78 @@ class KeepBestAdapter(L.Callback):
             self.best = value
 
 
-class CheckpointOnInterrupt(L.Callback):
-    """Ctrl-C, a crash or a non-finite loss: save `last.ckpt` first, so `--resume` loses nothing."""
+class SaveLast(L.Callback):
+    """`last.ckpt` after every validation (after KeepBestAdapter has recorded it, so a resumed run keeps the
+    point), at the end of training (marked finished) and on Ctrl-C, SIGTERM, a crash or a non-finite loss.
+
+    Ctrl-C and SIGTERM only ask to stop (`stop_requested`, see `_stop_on_signals`): the run stops at the end of
+    the current batch, the one point where a checkpoint resumes to exactly the uninterrupted run. The CSV log
+    is flushed before each save, so the log on disk covers the checkpoint's steps.
+    """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path, self.finished, self.stop_requested = path, False, False
+
+    def _save(self, trainer: L.Trainer) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+        partial = self.path.with_suffix(".partial")  # kill -9 mid-write must not cost the previous checkpoint
+        trainer.save_checkpoint(partial, weights_only=False)  # with optimiser and callback state, to resume
+        if trainer.is_global_zero:  # only rank 0 writes; save_checkpoint ends with a barrier
+            partial.replace(self.path)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: AdapterModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self.stop_requested:
+            return
+        train = module.recipe.train
+        if (batch_idx + 1) % (train.val_every * train.grad_accum) == 0 and trainer.global_step < train.steps:
+            return  # this batch's validation runs first: stop after it (on_validation_end)
+        # Lightning logs this batch's losses after this hook; log them now so the CSV keeps them
+        for logger in trainer.loggers:
+            logger.log_metrics({**module.step_losses, "epoch": trainer.current_epoch}, step=trainer.global_step - 1)
+        raise KeyboardInterrupt  # Lightning's graceful shutdown: on_exception below, then SystemExit
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._save(trainer)
+            if self.stop_requested:
+                raise KeyboardInterrupt
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.finished = True
+        self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        trainer.save_checkpoint(self.path)
+        self._save(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["adaptkit"] = {"finished": self.finished}
+
+
+@contextlib.contextmanager
+def _stop_on_signals(save_last: SaveLast) -> Iterator[None]:
+    """Ctrl-C and SIGTERM (what a cluster scheduler sends) ask `save_last` to stop at the end of the batch; a
+    second Ctrl-C stops at once. Lightning alone stops on SIGTERM only at the end of an epoch (a run here is
+    one epoch, so it would train on to the end and exit 0)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if save_last.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not save_last.stop_requested:
+            print(f"\n{signal.Signals(signum).name}: stopping at the end of this batch, with a checkpoint"
+                  + (" (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""), file=sys.stderr)
+        save_last.stop_requested = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # ------------------------------------------------------------------------ the program
@@ -361,12 +441,16 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
     """
     out = Path(out)
     last_checkpoint = out / "checkpoints" / "last.ckpt"
-    _check_resume(recipe, out, resume, last_checkpoint)
-    # 1. the recipe and the data, before any model
-    codec = build_codec(recipe.task.codec, recipe.task.codec_args)
-    source, splits = load_splits(recipe.data, codec)
-    checked = check_all(source, splits.train + splits.val)  # every bad pair reported at once
-    train_samples, val_samples = checked[:len(splits.train)], checked[len(splits.train):]
+    if out.exists() and not out.is_dir():
+        raise FileError(out, "the output folder is a file, not a folder", "choose another --out")
+    resume_step = _check_resume(recipe, out, resume, last_checkpoint)
+    # 1. the recipe and the data, before any model: every bad pair and every bad value reported at once
+    checked = preflight(recipe)
+    codec, splits = checked.codec, checked.splits
+    train_samples, val_samples = checked.samples["train"], checked.samples["val"]
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    writable_folder(out)
     L.seed_everything(recipe.train.seed, verbose=False)
     # 2. the generalist; under bf16-mixed its frozen weights are bf16 too (LoRA weights stay fp32), which is
     #    what lets SD3-medium train in 24 GB
@@ -400,10 +484,8 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
     meta = AdapterMeta.from_recipe(recipe, generalist, codec, samples=asdict(splits),
                                    trainable_parameters=trainable, base_parameters=base_count)
     keep_best = KeepBestAdapter(out / "adapter", monitor, higher, meta)
-    callbacks = [*(callbacks or []), keep_best,
-                 L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
-                                                     every_n_train_steps=recipe.train.val_every),
-                 CheckpointOnInterrupt(last_checkpoint)]
+    save_last = SaveLast(last_checkpoint)
+    callbacks = [*(callbacks or []), keep_best, save_last]
     if recipe.train.early_stop:
         callbacks.append(L.pytorch.callbacks.EarlyStopping(f"val/{monitor}", patience=recipe.train.early_stop,
                                                            mode="max" if higher else "min"))
@@ -414,22 +496,36 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
         val_check_interval=train_cfg.val_every * train_cfg.grad_accum, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, callbacks=callbacks,
         logger=L.pytorch.loggers.CSVLogger(out / "logs", name="", version=""),
-        enable_progress_bar=progress, enable_model_summary=False, deterministic="warn", log_every_n_steps=1,
+        enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=False,  # SaveLast saves
+        deterministic="warn", log_every_n_steps=1,
         default_root_dir=out)
     train_loader = DataLoader(range(train_cfg.steps * train_cfg.grad_accum), batch_size=1)  # batches: see training_step
     val_loader = DataLoader(range(len(val_set)), batch_size=recipe.inference.batch_size)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(recipe.to_yaml())
+    log = out / "logs" / "metrics.csv"
+    earlier_log = [row for row in _read_log(log) if int(row["step"]) < resume_step] if resume else []
     if not resume and len(val_set):
         trainer.validate(module, val_loader, verbose=False)  # the zero-shot point of the curve
     try:
-        with warnings.catch_warnings():  # the frozen VAE and text encoders are in eval mode on purpose
-            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+        with warnings.catch_warnings(), _stop_on_signals(save_last):
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")  # frozen parts, on purpose
+            warnings.filterwarnings("ignore", message=r".*Previous log files")  # the log is restored: _merge_log
+            # batches are a function of the step alone (training_step), so a mid-epoch checkpoint resumes exactly
+            warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
             trainer.fit(module, train_loader, val_loader if len(val_set) else None,
                         ckpt_path=str(last_checkpoint) if resume else None, weights_only=True)
-    finally:  # also after a non-finite loss: the last good adapter, metrics and curve stay
+    except SystemExit as stop:  # Lightning exits after saving on Ctrl-C / SIGTERM (see SaveLast)
+        if not trainer.interrupted:
+            raise
+        source = recipe.source if Path(recipe.source).is_file() else "RECIPE"
+        raise TrainingInterrupted(
+            f"training interrupted at step {trainer.global_step} of {train_cfg.steps}; the run is saved in {out} "
+            f"({last_checkpoint}). Resume it with: adaptkit train {source} --out {out} --resume") from stop
+    finally:  # also after a non-finite loss or an interruption: the last good adapter, metrics and curve stay
         if trainer.global_step % train_cfg.val_every and len(val_set) and not trainer.interrupted:
             trainer.validate(module, val_loader, verbose=False)  # the final point, when steps % val_every != 0
+        if resume:
+            _merge_log(log, earlier_log, resume_step)
         # under DDP every rank runs this; only rank 0 holds the best metrics, so only it writes the record
         metrics = _finish(out, keep_best, module, meta) if trainer.is_global_zero else dict(meta.metrics)
         generalist.denoiser = generalist.denoiser.unload()  # a shared generalist (sweep trials) leaves unchanged
@@ -437,17 +533,52 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
     return TrainResult(out, out / "adapter", metrics, trainable, base_count, splits)
 
 
-def _check_resume(recipe: Recipe, out: Path, resume: bool, last_checkpoint: Path) -> None:
+def _check_resume(recipe: Recipe, out: Path, resume: bool, last_checkpoint: Path) -> int:
+    """The step a resumed run continues from (0 for a new run), after checking the run can be resumed: its
+    checkpoint is readable and adaptkit's, its recipe unchanged, and it is not finished already."""
     recorded = out / "recipe.yaml"
-    if resume:
-        if not last_checkpoint.is_file():
-            raise TrainingError(f"--resume: {last_checkpoint} does not exist; nothing to resume (train without it)")
-        if recorded.is_file() and recorded.read_text() != recipe.to_yaml():
-            raise TrainingError(f"--resume: the recipe differs from the one the run in {out} started with "
-                                f"({recorded}); resume with the same recipe or train into a new --out")
-    elif last_checkpoint.is_file():
-        raise TrainingError(f"{out} already holds a run ({last_checkpoint}); pass --resume to continue it, or "
-                            "choose a new --out")
+    if not resume:
+        if last_checkpoint.is_file():
+            raise TrainingError(f"{out} already holds a run ({last_checkpoint}); pass --resume to continue it, or "
+                                "choose a new --out")
+        return 0
+    if not last_checkpoint.exists():
+        raise TrainingError(f"--resume: {last_checkpoint} does not exist; nothing to resume (train without it)")
+    fix = "this is not the checkpoint of an adaptkit run: train into a new --out, or without --resume"
+    state = load_torch(last_checkpoint, "checkpoint", fix)
+    if not isinstance(state, dict) or not {"state_dict", "global_step", "loops"} <= set(state) or not all(
+            "lora_" in name for name in state["state_dict"]):
+        raise FileError(last_checkpoint, "not a checkpoint written by adaptkit training (it lacks LoRA weights, "
+                                         "a step or loop state)", fix)
+    if recorded.is_file() and recorded.read_text() != recipe.to_yaml():
+        raise TrainingError(f"--resume: the recipe differs from the one the run in {out} started with "
+                            f"({recorded}); resume with the same recipe or train into a new --out")
+    if state.get("adaptkit", {}).get("finished") or state["global_step"] >= recipe.train.steps:
+        raise TrainingError(f"--resume: the run in {out} is finished (step {state['global_step']} of "
+                            f"{recipe.train.steps}); nothing was changed. Its adapter is {out / 'adapter'}; to train "
+                            "longer, train into a new --out")
+    return int(state["global_step"])
+
+
+def _read_log(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _merge_log(path: Path, earlier: list[dict[str, str]], start: int) -> None:
+    """The CSV log of a resumed run: the rows logged before its checkpoint (Lightning's CSVLogger deletes the
+    file when a run starts), then the resumed run's rows from the checkpoint's step on, as one table."""
+    rows = earlier + [row for row in _read_log(path) if int(row["step"]) >= start]
+    if not rows:
+        return
+    header = sorted({key for row in rows for key in row})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _finish(out: Path, keep_best: KeepBestAdapter, module: AdapterModule, meta: AdapterMeta) -> dict[str, float]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,7 @@ from adaptkit.data import check_all, open_source
 from adaptkit.inference import evaluate, predict_files
 from adaptkit.recipe import load_recipe
 from adaptkit.tiny import TinySpec, build_tiny_generalist
-from adaptkit.training import SingleStep, TrainingError, train
+from adaptkit.training import SingleStep, TrainingError, TrainingInterrupted, train
 
 RECIPE = {
     "name": "shadow-test",
@@ -155,7 +157,7 @@ def _checkpoint_weights(out: Path) -> dict[str, torch.Tensor]:
 def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path):
     settings = {"train.steps": 8, "train.val_every": 4}
     train(recipe(**settings), tmp_path / "whole", progress=False)
-    with pytest.raises(SystemExit):  # Lightning exits after a graceful shutdown on Ctrl-C
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at step 5 of 8.*--resume"):
         train(recipe(**settings), tmp_path / "split", progress=False, callbacks=[_Interrupt()])
     assert torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
     with pytest.raises(TrainingError, match="--resume"):
@@ -163,6 +165,11 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path):
     with pytest.raises(TrainingError, match="recipe differs"):
         train(recipe(**{**settings, "train.lr": 1e-2}), tmp_path / "split", progress=False, resume=True)
     train(recipe(**settings), tmp_path / "split", progress=False, resume=True)
+    records = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "split")]
+    assert records[0] == records[1] and records[0]["best"]  # best and history survive the resume
+    with pytest.raises(TrainingError, match="is finished"):
+        train(recipe(**settings), tmp_path / "split", progress=False, resume=True)
+    assert json.loads((tmp_path / "split" / "metrics.json").read_text()) == records[0]  # nothing changed
     whole, split = _checkpoint_weights(tmp_path / "whole"), _checkpoint_weights(tmp_path / "split")
     assert whole.keys() == split.keys() and whole
     for name in whole:
@@ -210,3 +217,28 @@ def test_pixel_loss_trains_only_lora_weights(tmp_path):
     trained = _checkpoint_weights(tmp_path / "run")
     assert all("lora_" in name for name in trained)
     assert any(tensor.abs().max() > 0 for name, tensor in trained.items() if "lora_B" in name)  # B starts at 0
+
+
+class _Signal(L.Callback):
+    """Sends this process SIGTERM (what a cluster scheduler sends) before the batch at `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_stops_with_a_checkpoint_and_any_number_of_resumes_keep_the_whole_record(tmp_path):
+    settings = {"train.steps": 10, "train.val_every": 4}
+    train(recipe(**settings), tmp_path / "whole", progress=False)
+    for step in (2, 3, 6):  # mid-interval, just before a validation, after one
+        with pytest.raises(TrainingInterrupted, match=r"interrupted at step \d+ of 10.*--resume"):
+            train(recipe(**settings), tmp_path / "split", progress=False, callbacks=[_Signal(step)], resume=step != 2)
+    train(recipe(**settings), tmp_path / "split", progress=False, resume=True)
+    for name in ("metrics.json", "logs/metrics.csv"):
+        assert (tmp_path / "split" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+    whole, split = _checkpoint_weights(tmp_path / "whole"), _checkpoint_weights(tmp_path / "split")
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=0, atol=0)

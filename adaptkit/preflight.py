@@ -1,0 +1,123 @@
+"""Everything a run checks before it loads a model: `adaptkit check` and `train` run the same checks.
+
+`load_recipe` already checked each value alone; here the recipe meets what it depends on: the codec (its
+metric names, through `adaptkit.metrics`), this machine (Lightning's accelerators and device counts), the data
+(every chosen pair decoded, and the set checked as a whole) and the base's layer width. Values that are legal
+but probably not what the user meant come back as warnings rather than errors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adaptkit.codecs import Codec, build_codec
+from adaptkit.data import DataSource, Sample, Splits, check_all, load_splits
+from adaptkit.metrics import build_codec_metrics
+from adaptkit.recipe import Recipe, RecipeError
+
+
+@dataclass
+class Preflight:
+    """A recipe checked against its codec, machine and data: what a run needs to start."""
+
+    codec: Codec
+    source: DataSource
+    splits: Splits
+    samples: dict[str, list[Sample]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def metric_names(codec: Codec, names: list[str] | None, key: str) -> list[str]:
+    """The names `build_codec_metrics` will report for `names` (None: the codec's defaults); an unknown name is
+    a RecipeError naming `key` and listing the codec's metrics."""
+    try:
+        return list(build_codec_metrics(codec, names).keys())
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"{key}: {error}") from None
+
+
+def check_monitor(recipe: Recipe, codec: Codec) -> None:
+    where = recipe.source
+    evaluated = metric_names(codec, recipe.eval.metrics or None, f"{where}: eval.metrics")
+    monitor = recipe.train.monitor
+    if monitor and monitor not in evaluated:
+        metric_names(codec, [monitor], f"{where}: train.monitor")  # an unknown name: lists the codec's metrics
+        raise RecipeError(f"{where}: train.monitor {monitor!r} is not among the validation metrics "
+                          f"({', '.join(evaluated)}); add it to eval.metrics or monitor one of them")
+
+
+def _devices_asked(devices: str | int) -> int:
+    """How many devices `train.devices` asks for; 0 for 'auto' and -1 (as many as there are)."""
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return 0
+    return len([index for index in text.split(",") if index]) if "," in text else int(text)
+
+
+def check_machine(recipe: Recipe) -> None:
+    """The accelerator exists on this machine and has as many devices as train.devices asks for."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    train, where = recipe.train, recipe.source
+    if train.accelerator in ("auto", "cpu"):
+        return  # CPU "devices" are processes: any number works
+    names = ["cuda", "mps"] if train.accelerator == "gpu" else [train.accelerator]
+    available = [name for name in names if AcceleratorRegistry[name]["accelerator"].is_available()]
+    if not available:
+        raise RecipeError(f"{where}: train.accelerator {train.accelerator!r}: no such device on this machine; "
+                          "use 'auto' or 'cpu'")
+    count = AcceleratorRegistry[available[0]]["accelerator"].auto_device_count()
+    if _devices_asked(train.devices) > count:
+        raise RecipeError(f"{where}: train.devices {train.devices!r} asks for more {available[0]} devices than the "
+                          f"{count} this machine has")
+
+
+def _transformer_width(recipe: Recipe) -> int | None:
+    """The base transformer's hidden width (heads x head dim), read from configs only; None if unknown here."""
+    from adaptkit.generalist import DEFAULT_GENERALIST_DIR, SD3_MEDIUM_TRANSFORMER_CONFIG
+    from adaptkit.tiny import TinySpec
+
+    name = recipe.base.generalist
+    if name == "tiny":
+        return TinySpec().heads * TinySpec().head_dim
+    if name == "diception":
+        config = SD3_MEDIUM_TRANSFORMER_CONFIG
+    else:
+        path = (DEFAULT_GENERALIST_DIR if name == "default" else Path(name).expanduser()) / "transformer/config.json"
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+    return int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+
+
+def suspicious(recipe: Recipe, train_images: int) -> list[str]:
+    """Legal settings that are probably mistakes, as one warning each."""
+    train, found = recipe.train, []
+    if train.batch_size > train_images:
+        found.append(f"train.batch_size {train.batch_size} is larger than the {train_images} training images: every "
+                     "batch repeats images")
+    if train.warmup >= train.steps:
+        found.append(f"train.warmup {train.warmup} >= train.steps {train.steps}: the learning rate never leaves "
+                     "its warmup")
+    width = _transformer_width(recipe)
+    if width is not None and recipe.adapter.rank > width:
+        found.append(f"adapter.rank {recipe.adapter.rank} is above the layer width {width} of base "
+                     f"{recipe.base.generalist!r}: a rank above {width} adds parameters but no capacity")
+    return found
+
+
+def preflight(recipe: Recipe, decode: tuple[str, ...] = ("train", "val")) -> Preflight:
+    """Check the recipe against its codec, this machine and its data, decoding the `decode` splits."""
+    codec = build_codec(recipe.task.codec, recipe.task.codec_args)
+    check_monitor(recipe, codec)
+    check_machine(recipe)
+    source, splits = load_splits(recipe.data, codec)
+    chosen = {name: getattr(splits, name) for name in decode}
+    loaded = check_all(source, [id for ids in chosen.values() for id in ids])
+    samples, start = {}, 0
+    for name, ids in chosen.items():
+        samples[name], start = loaded[start:start + len(ids)], start + len(ids)
+    return Preflight(codec, source, splits, samples, suspicious(recipe, len(splits.train)))
