@@ -362,10 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # `key.path=value` overrides may also follow options (`train R --out D train.lr=1e-3`), which argparse
-    # alone cannot mix with a variable-length positional
+    # a variable-length positional (`key.path=value` overrides, predict's adapters and inputs) may also follow
+    # options (`train R --out D train.lr=1e-3`, `predict A --base tiny x.png`), which argparse alone cannot mix
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
+    elif extra and hasattr(args, "items") and not any(e.startswith("-") for e in extra):
+        args.items = [*args.items, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "handler", None):
