@@ -17,8 +17,9 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,7 +34,7 @@ from torch.utils.data import DataLoader
 from adaptkit.adapters import AdapterMeta, add_lora, count_parameters, save_adapter
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.data import Sample, Splits, check_all, hflip_sample, load_splits
-from adaptkit.generalist import MAX_POINTS, Generalist, load_generalist, weights_fingerprint
+from adaptkit.generalist import MAX_POINTS, Generalist, load_generalist
 from adaptkit.images import resize, to_model_batch
 from adaptkit.metrics import DEFAULT_METRICS, HIGHER_IS_BETTER, build_codec_metrics
 from adaptkit.recipe import Recipe
@@ -89,7 +90,7 @@ def encode_samples(generalist: Generalist, codec: Codec, samples: list[Sample], 
     """
     resolution = generalist.config.resolution
     variants = [s for sample in samples for s in ([sample, hflip_sample(sample, codec)] if hflip else [sample])]
-    fingerprint = weights_fingerprint(generalist.vae)
+    fingerprint = generalist.fingerprint("vae")
     rows: list[dict[str, torch.Tensor]] = [{} for _ in variants]
     todo = []
     for index, sample in enumerate(variants):
@@ -352,10 +353,46 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
           callbacks: list[L.Callback] | None = None) -> TrainResult:
     """Train the recipe's adapter into `out` (see the module docstring for the steps).
 
-    `generalist` skips loading the recipe's base (e.g. one shared by sweep trials): its denoiser is
-    returned to it without LoRA afterwards, but its text encoders are dropped (prompts already encoded
-    stay in its cache). `callbacks` are extra Lightning callbacks (a sweep's pruning callback, say).
+    `generalist` skips loading the recipe's base (e.g. one shared by sweep trials): it is handed back
+    exactly as it was found (see `lend`), so call `train` on it again and again. Its text encoders are
+    kept, so drop them first to free their memory once its prompts are cached. `cache_dir` holds the
+    latent cache (default `out/cache`; trials of a sweep share one). `callbacks` are extra Lightning
+    callbacks (a sweep's pruning callback, say).
     """
+    if generalist is None:
+        return _train(recipe, out, resume, None, progress, cache_dir, callbacks)
+    with lend(generalist, recipe.base.resolution):
+        return _train(recipe, out, resume, generalist, progress, cache_dir, callbacks)
+
+
+@contextmanager
+def lend(generalist: Generalist, resolution: int | None = None) -> Iterator[Generalist]:
+    """Lend a shared generalist to one run and hand it back exactly as it was found.
+
+    A run sets its own resolution, caches its prompts, drops the text encoders, attaches LoRA and
+    switches modules to training mode; none of that may outlive it when the next sweep trial (or
+    the caller) uses the same loaded base. The weights themselves are frozen and never written.
+    """
+    config, prompts, denoiser = generalist.config, generalist.prompts, generalist.denoiser
+    encoders = (prompts.text_encoder, prompts.text_encoder_2, prompts.text_encoder_3)
+    cache, checkpointing = prompts.cache, denoiser.gradient_checkpointing
+    modes = {module: module.training for module in generalist.modules()}
+    generalist.config = replace(config, resolution=resolution or config.resolution)
+    prompts.cache = cache.subset(cache.prompts)  # a copy: the run's prompts stay out of the shared cache
+    try:
+        yield generalist
+    finally:
+        if generalist.denoiser is not denoiser:  # LoRA is still injected (the run failed before unloading)
+            generalist.denoiser.unload()
+        generalist.config, generalist.denoiser, prompts.cache = config, denoiser, cache
+        prompts.text_encoder, prompts.text_encoder_2, prompts.text_encoder_3 = encoders
+        denoiser.gradient_checkpointing = checkpointing
+        for module, training in modes.items():
+            module.training = training
+
+
+def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist | None, progress: bool,
+           cache_dir: str | Path | None, callbacks: list[L.Callback] | None) -> TrainResult:
     out = Path(out)
     last_checkpoint = out / "checkpoints" / "last.ckpt"
     _check_resume(recipe, out, resume, last_checkpoint)
