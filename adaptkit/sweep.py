@@ -139,9 +139,16 @@ def open_storage(url: str | None, out: Path, workers: int) -> BaseStorage:
                          "--storage out (a journal file in --out) or use a server, e.g. postgresql://...")
     try:
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+                          heartbeat_stale_trial_callback=_retry())
     except Exception as error:  # sqlalchemy raises many kinds for a bad URL, a missing driver or a down server
         raise SweepError(f"--storage {_shown(url)}: cannot open it ({type(error).__name__}: {error})") from None
+
+
+def _retry() -> RetryHeartbeatStaleTrialCallback:
+    """Optuna's re-queueing of a lost trial's parameters (what its RDB heartbeat uses), for every storage."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
 
 def _shown(url: str | None) -> str:
@@ -207,8 +214,7 @@ def recover_orphans(study: optuna.Study) -> list[int]:
     The journal file has no heartbeat, so each trial records its owner; an RDB storage's heartbeat
     does the same after its grace period, this just does it at once for this host's own trials.
     """
-    host, recovered = socket.gethostname(), []
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    host, recovered, retry = socket.gethostname(), [], _retry()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get("owner", "")
         if owner.split(":")[0] != host or _alive(owner):
@@ -239,7 +245,7 @@ def run_trials(recipe: Recipe, study: optuna.Study, out: Path, base: Generalist,
     trials = recipe.sweep.trials
     if counted(study) >= trials:
         return
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    retry = _retry()
 
     def objective(trial: optuna.Trial) -> float:
         folder = out / "trials" / f"{trial.number:04d}"

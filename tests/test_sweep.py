@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -172,6 +173,28 @@ def test_kill_9_mid_trial_then_rerun_loses_nothing(tmp_path):
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
     assert len(retried) == 1 and retried[0].params == trials[1].params and retried[0].state == TrialState.COMPLETE
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3  # total = trials
+
+
+def test_ctrl_c_records_the_running_trial_as_failed_and_the_rerun_completes_it(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, sweep={"trials": 3, "pruner": "none"})
+    out = tmp_path / "sweep"
+
+    def press_ctrl_c_in_the_second_trial() -> None:
+        while not (out / "trials" / "0001" / "recipe.yaml").is_file():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c_in_the_second_trial, daemon=True).start()
+    assert main(["sweep", str(recipe), "--out", str(out)]) == 130
+    assert "re-run the same command to resume" in capsys.readouterr().err
+    trials = load(out).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].user_attrs["fail_reason"].startswith("interrupted") and trials[2].params == trials[1].params
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+    assert main(["sweep", str(recipe), "--out", str(out)]) == 0
+    trials = load(out).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
+                                         TrialState.COMPLETE]
 
 
 def _two_workers(tmp_path: Path, storage: list[str]) -> list[optuna.trial.FrozenTrial]:
