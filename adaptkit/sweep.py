@@ -360,6 +360,10 @@ def _watch(study: optuna.Study, processes: list[subprocess.Popen], trials: int, 
             raise
         bar.n = _finished(study)
         bar.refresh()
+    for index, process in enumerate(processes):
+        if process.returncode:
+            print(f"worker {index} exited with code {process.returncode}; see its log in workers/worker-{index}.log",
+                  file=sys.stderr)
 
 
 # ------------------------------------------------------------------------ the end: best adapter, tested once

@@ -175,6 +175,15 @@ def test_kill_9_mid_trial_then_rerun_loses_nothing(tmp_path):
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3  # total = trials
 
 
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path):
+    recipe = write_recipe(tmp_path, sweep={"trials": 2, "sampler": "grid", "space": {"train.lr": [3e-3, 1e30]}})
+    assert main(["sweep", str(recipe), "--out", str(tmp_path / "sweep")]) == 0
+    record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    by_lr = {t["params"]["train.lr"]: t for t in record["trials"]}
+    assert by_lr[1e30]["state"] == "fail" and "the training loss became" in by_lr[1e30]["fail_reason"]
+    assert by_lr[3e-3]["state"] == "complete" and record["best"]["params"] == {"train.lr": 3e-3}
+
+
 def test_ctrl_c_records_the_running_trial_as_failed_and_the_rerun_completes_it(tmp_path, capsys):
     recipe = write_recipe(tmp_path, sweep={"trials": 3, "pruner": "none"})
     out = tmp_path / "sweep"
