@@ -64,8 +64,9 @@ def sweep(folder: Path, trials: int) -> dict[str, Any]:
 
 def same_trials(folder: Path, ranks: list[int], steps: int) -> list[dict[str, Any]]:
     """(b) and (c): the same grid of trials as one sweep, as separate processes, and with two workers."""
-    grid = [f"sweep.space={{adapter.rank: [{', '.join(map(str, ranks))}]}}", "sweep.sampler=grid",
-            "sweep.pruner=none", f"train.steps={steps}", "train.val_every=50"]
+    space = f"{{adapter.rank: [{', '.join(map(str, ranks))}], train.lr: [3.0e-3], train.steps: [{steps}]}}"
+    grid = [f"sweep.space={space}", "sweep.sampler=grid", "sweep.pruner=none", f"train.steps={steps}",
+            "train.val_every=50"]
     rows = []
     for workers in (1, 2):
         wall = adaptkit("sweep", "quickstart", *grid, "--trials", str(len(ranks)), "--workers", str(workers),
@@ -91,6 +92,9 @@ def main() -> None:
                               ("test_iou", "test IoU", ".3f"), ("wall_s", "wall s", ".0f")])
         print(f"best params: {quality[1]['best_params']}; {quality[1]['complete']} complete, "
               f"{quality[1]['pruned']} pruned, {quality[1]['failed']} failed")
+        report: dict[str, Any] = {"settings": vars(args), "quality": quality,
+                                  "test_iou_gain": quality[1]["test_iou"] - quality[0]["test_iou"]}
+        write_report("sweep", report)  # (a) is kept even if (b) or (c) fails
         cost = same_trials(folder / "cost", RANKS[:args.compare], args.steps)
     one, two, separate = (row["wall_s"] for row in cost)
     ratios = {"separate_over_one_sweep": separate / one, "two_workers_over_one": two / one}
@@ -98,8 +102,7 @@ def main() -> None:
     print_table(cost, [("variant", f"{args.compare} trials of {args.steps} steps", "s"), ("wall_s", "wall s", ".0f")])
     print(f"separate processes / one sweep: {ratios['separate_over_one_sweep']:.2f}x; "
           f"2 workers / 1 worker: {ratios['two_workers_over_one']:.2f}x")
-    write_report("sweep", {"settings": vars(args), "quality": quality, "cost": cost, "ratios": ratios,
-                           "test_iou_gain": quality[1]["test_iou"] - quality[0]["test_iou"]})
+    write_report("sweep", {**report, "cost": cost, "ratios": ratios})
 
 
 if __name__ == "__main__":
