@@ -435,6 +435,7 @@ def plot_study(study: optuna.Study, out: Path, parameters: int) -> list[Path]:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Attempting to set identical")  # one value on an axis
             axes = plot(study)
         figure = getattr(axes, "figure", None) or axes.flat[0].figure
         figure.set_size_inches(8, 5)
