@@ -14,6 +14,7 @@ import dataclasses
 import json
 import platform
 import re
+import types
 import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -138,6 +139,7 @@ class AdapterMeta:
     base_parameters: int = 0
     versions: dict[str, str] = field(default_factory=_versions)
     weights_sha256: str = ""  # of adapter_model.safetensors, checked at load ("" for adapters written before it)
+    sweep: dict[str, Any] | None = None  # a sweep's best trial: study, trial number, value and parameters
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, generalist: Generalist, codec: Codec, **extra: Any) -> AdapterMeta:
@@ -170,9 +172,8 @@ class AdapterMeta:
                                 f"{', '.join(fields)})")
             hints = typing.get_type_hints(cls)
             for name, value in data.items():
-                kind = typing.get_origin(hints.get(name)) or hints.get(name)
-                if name in fields and isinstance(kind, type) and not isinstance(value, kind):
-                    problems.append(f"{name} must be a {kind.__name__}, got {value!r}")
+                if name in fields and not isinstance(value, kinds := _runtime_types(hints[name])):
+                    problems.append(f"{name} must be a {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
             objectives = typing.get_args(typing.get_type_hints(TrainSection)["objective"])
             if data.get("objective") not in objectives:
                 problems.append(f"objective {data.get('objective')!r} is not one of {', '.join(objectives)}")
@@ -180,6 +181,12 @@ class AdapterMeta:
             raise FileError(path, "not a valid adapter record: " + "; ".join(problems),
                             "the adapter folder is damaged: copy it again or retrain")
         return cls(**data)
+
+
+def _runtime_types(hint: Any) -> tuple[type, ...]:
+    """The classes a value of a type hint may be: `dict[str, Any] | None` -> (dict, NoneType)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return tuple(typing.get_origin(option) or option for option in options)
 
 
 def check_adapter_folder(folder: Path, meta: AdapterMeta) -> None:
@@ -206,7 +213,7 @@ def save_adapter(folder: str | Path, denoiser: PeftModel, meta: AdapterMeta, pro
     meta.weights_sha256 = sha256(folder / ADAPTER_WEIGHTS_FILE)
     meta.save(folder)
     prompts.subset([meta.prompt, ""]).save(folder / PROMPT_CACHE_FILE)
-    build_card(meta, sweep=getattr(meta, "sweep", None)).save(folder / "README.md")
+    build_card(meta, sweep=meta.sweep).save(folder / "README.md")
     return folder
 
 

@@ -93,6 +93,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Tune the recipe's sweep: space with Optuna; test the best adapter once on the test split."""
+    from adaptkit.sweep import run_sweep
+
+    return run_sweep(args.recipe, args.overrides, out=args.out, trials=args.trials, storage=args.storage,
+                     study_name=args.study, workers=args.workers, worker=args.worker)
+
+
 def _load_model(target: str | None, task: str | None, base: str, class_name: str = ""):
     """An adapter folder / Hub id, or a built-in task of `base` (no adapter: the zero-shot baseline)."""
     from adaptkit.adapters import AdaptedModel, AdapterError
@@ -311,6 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help=overrides_help)
     train.add_argument("--out", default=None, help="output folder (default: runs/RECIPE_NAME)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+    sweep = add("sweep", cmd_sweep, "tune a recipe's sweep: space with Optuna, then test the best adapter once")
+    sweep.add_argument("recipe", help="a recipe YAML file (with a sweep: section) or a bundled recipe's name")
+    sweep.add_argument("overrides", nargs="*", help=overrides_help)
+    sweep.add_argument("--trials", type=int, default=None, help="number of trials (default: the recipe's sweep.trials)")
+    sweep.add_argument("--out", default=None, help="output folder (default: runs/RECIPE_NAME-sweep); re-run to resume")
+    sweep.add_argument("--storage", default=None,
+                       help="an Optuna RDB URL, e.g. postgresql://user@host/db for several machines "
+                            "(default: a journal file in --out)")
+    sweep.add_argument("--study", default=None, help="study name (default: the recipe's name)")
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one GPU each)")
+    sweep.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set on the processes it starts
 
     def add_inference_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--base", default="default", help="generalist for a built-in task (default: the embedded one)")

@@ -219,6 +219,7 @@ class Generalist(nn.Module):
         super().__init__()
         self.denoiser, self.vae, self.prompts = denoiser, vae, prompts
         self.scheduler, self.config = scheduler, config
+        self._fingerprints: dict[str, tuple[tuple, str]] = {}  # part -> (weights state, hash): see fingerprint
         self.requires_grad_(False)
 
     # ---------------------------------------------------------------- properties
@@ -363,9 +364,19 @@ class Generalist(nn.Module):
         return [(name, sum(p.numel() for p in module.parameters()), str(next(module.parameters()).dtype))
                 for name, module in named if module is not None]
 
-    def fingerprint(self) -> str:
-        """A short hash of the denoiser's weights, recorded with adapters to catch a wrong base."""
-        return weights_fingerprint(self.denoiser)
+    def fingerprint(self, part: str = "denoiser") -> str:
+        """A short hash of the denoiser's (or the VAE's) weights, recorded with adapters to catch a wrong base.
+
+        Hashing SD3-medium's denoiser reads ~8 GB, so the hash is kept on the generalist and recomputed
+        only when a weight tensor was replaced or changed in place (its storage or version counter moved):
+        every sweep trial and adapter load on one base reuses it.
+        """
+        module = self.denoiser if part == "denoiser" else self.vae
+        state = _weights_state(module)
+        cached = self._fingerprints.get(part)
+        if cached is None or cached[0] != state:
+            self._fingerprints[part] = cached = (state, weights_fingerprint(module))
+        return cached[1]
 
     # ---------------------------------------------------------------- saving and loading
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -455,6 +466,23 @@ class Generalist(nn.Module):
         return self.to(device=device, dtype=dtype or default_dtype(device))
 
 
+def _base_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's base weights under peft-independent names (LoRA layers left out)."""
+    return {name.removeprefix("base_model.model.").replace(".base_layer.", "."): tensor
+            for name, tensor in module.state_dict().items() if "lora_" not in name}
+
+
+def _weights_state(module: nn.Module) -> tuple[tuple[str, int, int], ...]:
+    """Where each base weight lives and how often it was written: cheap to read, changes with any update."""
+    def version(tensor: torch.Tensor) -> int:
+        try:
+            return tensor._version
+        except RuntimeError:  # an inference-mode tensor keeps no version counter (and cannot change outside it)
+            return -1
+
+    return tuple((name, tensor.data_ptr(), version(tensor)) for name, tensor in sorted(_base_weights(module).items()))
+
+
 def weights_fingerprint(module: nn.Module) -> str:
     """A short hash of a module's base weights (names and values); LoRA layers, if any, are left out.
 
@@ -462,9 +490,7 @@ def weights_fingerprint(module: nn.Module) -> str:
     fingerprint of a denoiser is the same with and without an adapter attached.
     """
     digest = hashlib.sha256()
-    tensors = {name.removeprefix("base_model.model.").replace(".base_layer.", "."): tensor
-               for name, tensor in module.state_dict().items() if "lora_" not in name}
-    for name, tensor in sorted(tensors.items()):
+    for name, tensor in sorted(_base_weights(module).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -120,6 +120,25 @@ class EvalSection:
 
 
 @dataclass
+class SweepSection:
+    """An Optuna search over recipe keys for `adaptkit sweep`: what to vary, how to search, what to select on.
+
+    `space` maps recipe key paths to a list of choices (`adapter.rank: [2, 4, 8]`) or a range
+    (`train.lr: {low: 1e-4, high: 1e-2, log: true}`, `train.steps: {low: 100, high: 1000, step: 100}`;
+    int when low, high and step are ints). `metric` defaults to the recipe's monitored metric.
+    `startup_trials` sample at random and are never pruned (TPE's and the pruner's warm-up).
+    """
+
+    trials: int = 16
+    metric: str = ""
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = 4
+    seed: int = 0
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Recipe:
     name: str = "adapter"
     task: TaskSection = field(default_factory=TaskSection)
@@ -129,6 +148,7 @@ class Recipe:
     train: TrainSection = field(default_factory=TrainSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    sweep: SweepSection = field(default_factory=SweepSection)
     source: str = field(default="<memory>", metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:
@@ -447,6 +467,7 @@ def load_recipe(path_or_name: str | Path | dict[str, Any], overrides: list[str] 
             recipe.data.path = str(candidate)
     _validate(recipe)
     _validate_task(recipe)
+    _validate_sweep(recipe, {key: value for key, value in raw.items() if key != "sweep"})
     return recipe
 
 
@@ -460,6 +481,101 @@ def recorded_recipe(record: dict[str, Any]) -> Recipe:
         return _build(Recipe, record, "")
     except RecipeError as error:
         raise RecipeError(f"the recorded recipe: {error}") from None
+
+
+# ------------------------------------------------------------------------ the sweep's search space
+#: Keys a sweep may not vary: its trials share one loaded base, and the sweep section is the sweep itself.
+UNSWEEPABLE = ("base.generalist", "base.sd3", "base.weights", "sweep.", "name")
+RANGE_KEYS = {"low", "high", "step", "log"}
+
+
+def recipe_key_paths(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """Every leaf key of a recipe as a dotted path (`train.lr`, `adapter.rank`, ...)."""
+    hints = typing.get_type_hints(cls)
+    paths = []
+    for item in dataclasses.fields(cls):
+        if item.metadata.get("internal"):
+            continue
+        path = f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(hints[item.name]):
+            paths.extend(recipe_key_paths(hints[item.name], f"{path}."))
+        else:
+            paths.append(path)
+    return paths
+
+
+def space_values(spec: Any) -> list[Any]:
+    """The values of one space entry a recipe must accept: every choice, or a range's ends and steps."""
+    if isinstance(spec, list):
+        return spec
+    low, high, step = spec["low"], spec["high"], spec.get("step")
+    if step and isinstance(low, int) and isinstance(high, int) and isinstance(step, int) and (high - low) // step < 100:
+        return list(range(low, high + 1, step))
+    return [low, high]
+
+
+def _validate_sweep(recipe: Recipe, raw_without_sweep: dict[str, Any]) -> None:
+    """The sweep section's own checks, then every value it can sample through the recipe's own validation.
+
+    Fails with the space key named, so a typo or an impossible value stops the sweep before any model loads.
+    """
+    sweep, where = recipe.sweep, recipe.source
+    if sweep.trials < 1:
+        raise RecipeError(f"{where}: sweep.trials must be >= 1, got {sweep.trials}")
+    if sweep.startup_trials < 0:
+        raise RecipeError(f"{where}: sweep.startup_trials must be >= 0, got {sweep.startup_trials}")
+    paths = [p for p in recipe_key_paths() if not p.startswith(UNSWEEPABLE)]
+    for key, spec in sweep.space.items():
+        at = f"{where}: sweep.space.{key}"
+        if key.startswith(UNSWEEPABLE):
+            raise RecipeError(f"{at}: cannot be swept (all trials share one loaded base and one sweep section)")
+        if key not in paths:
+            close = difflib.get_close_matches(key, paths, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "; give a recipe key path such as train.lr"
+            raise RecipeError(f"{at}: not a recipe key{hint}")
+        _check_space_entry(at, spec)
+        if sweep.sampler == "grid" and not isinstance(spec, list):
+            raise RecipeError(f"{at}: sweep.sampler grid needs a list of choices for every key, not a range")
+        for value in space_values(spec):
+            try:
+                candidate = _build(Recipe, _merge(raw_without_sweep, parse_overrides({key: value})), "")
+                candidate.source = f"{at}: value {value!r} is rejected"
+                _validate(candidate)
+            except RecipeError as error:
+                message = str(error)
+                raise RecipeError(message if message.startswith(at) else
+                                  f"{at}: value {value!r} is rejected: {message}") from None
+
+
+def _check_space_entry(at: str, spec: Any) -> None:
+    if isinstance(spec, list):
+        if not spec:
+            raise RecipeError(f"{at}: the list of choices is empty")
+        for choice in spec:
+            if not (choice is None or isinstance(choice, bool | int | float | str)):
+                raise RecipeError(f"{at}: choice {choice!r} must be a number, string, bool or null")
+        return
+    if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - RANGE_KEYS:
+        raise RecipeError(f"{at}: expected a list of choices or a range {{low: L, high: H[, step: S][, log: true]}}, "
+                          f"got {spec!r}")
+    numbers = {name: spec[name] for name in ("low", "high", "step") if spec.get(name) is not None}
+    for name, value in numbers.items():
+        if isinstance(value, str):
+            try:
+                spec[name] = numbers[name] = float(value)  # YAML reads 1e-4 (no dot) as a string
+            except ValueError:
+                raise RecipeError(f"{at}.{name}: expected a number, got {value!r}") from None
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecipeError(f"{at}.{name}: expected a number, got {value!r}")
+    low, high, step, log = numbers["low"], numbers["high"], numbers.get("step"), spec.get("log", False)
+    if not isinstance(log, bool):
+        raise RecipeError(f"{at}.log: expected true or false, got {log!r}")
+    if not low < high:
+        raise RecipeError(f"{at}: low must be < high, got low {low} and high {high}")
+    if step is not None and step <= 0:
+        raise RecipeError(f"{at}.step: must be > 0, got {step}")
+    if log and (step is not None or low <= 0):
+        raise RecipeError(f"{at}: a log range needs low > 0 and no step")
 
 
 def bundled_recipe_dir() -> Path:

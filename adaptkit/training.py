@@ -22,7 +22,8 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,7 +40,7 @@ from adaptkit.codecs import Codec
 from adaptkit.data import Sample, Splits, hflip_sample
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import load_torch, writable_folder
-from adaptkit.generalist import MAX_POINTS, Generalist, load_generalist, weights_fingerprint
+from adaptkit.generalist import MAX_POINTS, Generalist, load_generalist
 from adaptkit.images import resize, to_model_batch
 from adaptkit.metrics import HIGHER_IS_BETTER, build_codec_metrics, default_metric_names
 from adaptkit.preflight import preflight
@@ -102,7 +103,7 @@ def encode_samples(generalist: Generalist, codec: Codec, samples: list[Sample], 
     """
     resolution = generalist.config.resolution
     variants = [s for sample in samples for s in ([sample, hflip_sample(sample, codec)] if hflip else [sample])]
-    fingerprint = weights_fingerprint(generalist.vae)
+    fingerprint = generalist.fingerprint("vae")
     rows: list[dict[str, torch.Tensor]] = [{} for _ in variants]
     todo = []
     for index, sample in enumerate(variants):
@@ -435,10 +436,46 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
           callbacks: list[L.Callback] | None = None) -> TrainResult:
     """Train the recipe's adapter into `out` (see the module docstring for the steps).
 
-    `generalist` skips loading the recipe's base (e.g. one shared by sweep trials): its denoiser is
-    returned to it without LoRA afterwards, but its text encoders are dropped (prompts already encoded
-    stay in its cache). `callbacks` are extra Lightning callbacks (a sweep's pruning callback, say).
+    `generalist` skips loading the recipe's base (e.g. one shared by sweep trials): it is handed back
+    exactly as it was found (see `lend`), so call `train` on it again and again. Its text encoders are
+    kept, so drop them first to free their memory once its prompts are cached. `cache_dir` holds the
+    latent cache (default `out/cache`; trials of a sweep share one). `callbacks` are extra Lightning
+    callbacks (a sweep's pruning callback, say).
     """
+    if generalist is None:
+        return _train(recipe, out, resume, None, progress, cache_dir, callbacks)
+    with lend(generalist, recipe.base.resolution):
+        return _train(recipe, out, resume, generalist, progress, cache_dir, callbacks)
+
+
+@contextmanager
+def lend(generalist: Generalist, resolution: int | None = None) -> Iterator[Generalist]:
+    """Lend a shared generalist to one run and hand it back exactly as it was found.
+
+    A run sets its own resolution, caches its prompts, drops the text encoders, attaches LoRA and
+    switches modules to training mode; none of that may outlive it when the next sweep trial (or
+    the caller) uses the same loaded base. The weights themselves are frozen and never written.
+    """
+    config, prompts, denoiser = generalist.config, generalist.prompts, generalist.denoiser
+    encoders = (prompts.text_encoder, prompts.text_encoder_2, prompts.text_encoder_3)
+    cache, checkpointing = prompts.cache, denoiser.gradient_checkpointing
+    modes = {module: module.training for module in generalist.modules()}
+    generalist.config = replace(config, resolution=resolution or config.resolution)
+    prompts.cache = cache.subset(cache.prompts)  # a copy: the run's prompts stay out of the shared cache
+    try:
+        yield generalist
+    finally:
+        if generalist.denoiser is not denoiser:  # LoRA is still injected (the run failed before unloading)
+            generalist.denoiser.unload()
+        generalist.config, generalist.denoiser, prompts.cache = config, denoiser, cache
+        prompts.text_encoder, prompts.text_encoder_2, prompts.text_encoder_3 = encoders
+        denoiser.gradient_checkpointing = checkpointing
+        for module, training in modes.items():
+            module.training = training
+
+
+def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist | None, progress: bool,
+           cache_dir: str | Path | None, callbacks: list[L.Callback] | None) -> TrainResult:
     out = Path(out)
     last_checkpoint = out / "checkpoints" / "last.ckpt"
     if out.exists() and not out.is_dir():
@@ -457,11 +494,7 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
     train_cfg = recipe.train
     precision = _precision(train_cfg.precision, train_cfg.accelerator)
     if generalist is None:
-        base = recipe.base
-        extra = {"base": base.sd3, "weights": base.weights} if base.generalist == "diception" else {}
-        dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
-        device = "cuda" if _uses_gpu(train_cfg.accelerator) else "cpu"  # the VAE encodes the data set here
-        generalist = load_generalist(base.generalist, device=device, dtype=dtype, **extra)
+        generalist = load_base(recipe)
     if recipe.base.resolution:
         generalist.config.resolution = recipe.base.resolution
     # 3. prompts and latents, once; then the text encoders go
@@ -531,6 +564,19 @@ def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Gen
         generalist.denoiser = generalist.denoiser.unload()  # a shared generalist (sweep trials) leaves unchanged
         base_denoiser.gradient_checkpointing = False
     return TrainResult(out, out / "adapter", metrics, trainable, base_count, splits)
+
+
+def load_base(recipe: Recipe) -> Generalist:
+    """The recipe's generalist, on the device and in the dtype its training precision needs.
+
+    Under bf16-mixed the frozen weights are bf16 too (LoRA weights stay fp32), which is what lets
+    SD3-medium train in 24 GB; the VAE encodes the data set on that device.
+    """
+    base, train_cfg = recipe.base, recipe.train
+    extra = {"base": base.sd3, "weights": base.weights} if base.generalist == "diception" else {}
+    dtype = torch.bfloat16 if _precision(train_cfg.precision, train_cfg.accelerator) == "bf16-mixed" else torch.float32
+    device = "cuda" if _uses_gpu(train_cfg.accelerator) else "cpu"
+    return load_generalist(base.generalist, device=device, dtype=dtype, **extra)
 
 
 def _check_resume(recipe: Recipe, out: Path, resume: bool, last_checkpoint: Path) -> int:
