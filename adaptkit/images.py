@@ -66,20 +66,27 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
 
 
 def _integer_scale(array: np.ndarray) -> float:
-    """The full-scale value of an integer image: 8- and 16-bit data are common, wider is rare."""
+    """The full-scale value of an integer image. 8- and 16-bit types say their depth; a wider or signed type
+    does not (an int64 array made from a list, PIL's 32-bit 'I' mode), so its values decide: the smallest of
+    8 or 16 bits that holds them, else their maximum."""
     if array.dtype == np.uint8:
         return 255.0
-    if array.dtype == np.uint16 or (array.size and array.max() <= 65535):
+    if array.dtype == np.uint16:
         return 65535.0
-    return float(array.max())
+    top = float(array.max(initial=0))
+    return 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:
-    """Return `image` as float32 H x W x 3 in [0, 1].
+    """Return `image` as float32 H x W x 3 in [0, 1]: the one normaliser for every picture adaptkit reads, a
+    user's input as much as a model's output that a codec decodes.
 
     Grey images are repeated on three channels, alpha is dropped (DICEPTION sees RGB only),
     palette images are expanded, and 16-bit data keeps its full precision instead of being
-    truncated to 8 bits as PIL's `convert("RGB")` would do.
+    truncated to 8 bits as PIL's `convert("RGB")` would do. Integers are scaled by their depth
+    (`_integer_scale`); floats are taken to be in [0, 1] (what models and decoders produce: an overshoot
+    to 1.02 is clipped, not read as 8-bit data), NaN becomes 0 and infinities the nearest bound, so a
+    decoder never sees a value it cannot handle. Raises ValueError for what is not a numeric image.
     """
     if isinstance(image, str | Path):
         with open_image(image) as opened:
@@ -99,16 +106,15 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
         array = array[..., 0]
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"expected an H x W, H x W x 3 or H x W x 4 image, got shape {array.shape}")
+    if array.ndim != 3 or array.shape[-1] != 3 or 0 in array.shape:
+        raise ValueError(f"expected an RGB image (H x W, H x W x 3 or H x W x 4), got shape {np.shape(image)}")
     if array.dtype == bool:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.integer):
         return (array.astype(np.float32) / max(_integer_scale(array), 1.0)).clip(0.0, 1.0)
-    array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    if array.max(initial=0.0) > 1.0:  # float data in 0..255 or 0..65535
-        array = array / _integer_scale(np.round(array).astype(np.int64))
-    return array.clip(0.0, 1.0)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"expected a numeric image, got dtype {array.dtype}")
+    return np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
 
 
 def to_model_batch(images: Sequence[np.ndarray], resolution: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from adaptkit.errors import AdaptkitError, FileError
-from adaptkit.images import open_image
+from adaptkit.images import open_image, to_rgb_array
 
 
 class CodecError(AdaptkitError, ValueError):
@@ -109,31 +109,15 @@ class Keypoints:
 def as_image(image: Any, codec: str = "codec") -> np.ndarray:
     """float32 (H, W, 3) in [0, 1] from any RGB image a model or a file gives.
 
-    Accepts uint8 / uint16 / bool / float arrays (and tensors or PIL images convertible to one) shaped
-    (H, W, 3), (H, W, 4) (alpha dropped), (H, W, 1) or (H, W) (grey). NaN becomes 0 and values are clipped to
-    [0, 1], so a decoder never sees a value it cannot handle.
+    Accepts bool / integer / float arrays (and tensors or PIL images convertible to one) shaped (H, W, 3),
+    (H, W, 4) (alpha dropped), (H, W, 1) or (H, W) (grey), scaled by ``adaptkit.images.to_rgb_array``, the
+    normaliser the model's inputs go through too (so a codec reads an image as the model sees it); its
+    errors are worded as this codec's.
     """
-    if isinstance(image, Image.Image):
-        image = image.convert("RGB")
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape:
-        raise CodecError(f"{codec} codec: expected an RGB image (H, W, 3), got shape {array.shape}")
-    if array.shape[2] == 4:
-        array = array[..., :3]
-    if array.dtype == np.bool_:
-        out = array.astype(np.float32)
-    elif np.issubdtype(array.dtype, np.integer):  # 16-bit PNGs span 0-65535; other integers are 8-bit values
-        out = array.astype(np.float32) / (65535.0 if array.dtype == np.uint16 else 255.0)
-    elif np.issubdtype(array.dtype, np.floating):
-        out = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    else:
-        raise CodecError(f"{codec} codec: expected a numeric image, got dtype {array.dtype}")
-    out = np.clip(out, 0.0, 1.0)
-    if out.shape[2] == 1:
-        out = np.repeat(out, 3, axis=2)
-    return np.ascontiguousarray(out)
+    try:
+        return to_rgb_array(image if isinstance(image, Image.Image) else np.asarray(image))
+    except ValueError as exc:
+        raise CodecError(f"{codec} codec: {exc}") from exc
 
 
 def _image_array(image: Image.Image, palette_as_rgb: bool) -> np.ndarray:
