@@ -177,26 +177,6 @@ def _open_dataset(path: str, split: str) -> Any:
     return loaded
 
 
-def _parse_target(codec: Codec, value: Any, where: str, image_size: tuple[int, int]) -> Any:
-    """A target from an in-memory value (PIL image, array, nested list) by the rules the codec applies to file
-    contents, so a mask column loads exactly like a mask file: bool, 0/1, 0/255, palette indices, 16-bit ids.
-
-    This goes through the codec's contents parser `_from_value` (what its file reader uses) and mirrors
-    `Codec.load_target`'s size check, wording the errors as a data-set row.
-    """
-    try:
-        target = codec._from_value(value, where)  # the file rules: palettes, alpha, 16-bit ids, as for files
-    except CodecError as error:
-        raise DataError(f"{where}: {error}") from error
-    if isinstance(target, Keypoints) and target.image_size is None:
-        target.image_size = image_size
-    size = codec._spatial_size(_checked(codec, target, where))
-    if size is not None and tuple(size) != tuple(image_size):
-        raise DataError(f"{where}: target is {size[0]}x{size[1]} (HxW) but its image is "
-                        f"{image_size[0]}x{image_size[1]}")
-    return target
-
-
 class HFSource:
     """Rows of a `datasets` dataset (Hub id, `save_to_disk` folder or `imagefolder` folder); ids are row indices.
 
@@ -222,7 +202,10 @@ class HFSource:
         where = f"{self.path}[{id}]"
         image = row[self.image_column]
         image = to_rgb_array(image if isinstance(image, Image.Image) else np.asarray(image))
-        target = _parse_target(self.codec, row[self.target_column], f"{where}.{self.target_column}", image.shape[:2])
+        try:  # the codec's own rules for file contents: palettes, alpha, 16-bit ids, keypoint dicts
+            target = self.codec.parse_target(row[self.target_column], image.shape[:2], f"column {self.target_column!r}")
+        except CodecError as error:
+            raise DataError(f"{self.path} row {id}: {error}") from error
         points = row.get("points")
         return Sample(id, image, target, None if points is None else _as_points(points, f"{where}.points"))
 

@@ -199,7 +199,7 @@ def test_hf_source_errors_name_columns_and_sizes(tmp_path: Path, mask_codec: Cod
     with pytest.raises(DataError, match=r"no column 'mask'; its columns are photo, label, points"):
         HFSource(str(path), mask_codec, image_column="photo")
     source = HFSource(str(path), mask_codec, image_column="photo", target_column="label")
-    with pytest.raises(DataError, match=rf"\[0\]\.label: target is {H}x{W - 4} \(HxW\) but its image is {H}x{W}"):
+    with pytest.raises(DataError, match=rf"ds row 0: .*column 'label' is {H}x{W - 4} \(HxW\) but its image is {H}x{W}"):
         source.load("0")
 
 
