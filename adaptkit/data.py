@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from adaptkit import synth
 from adaptkit.codecs import Codec, CodecError, Instances, Keypoints, TargetNote
@@ -229,24 +230,6 @@ def rasterise_polygon(coords: Sequence[float], height: int, width: int) -> np.nd
     return inside
 
 
-def _rle_counts(text: str) -> list[int]:
-    """Run lengths of COCO's compressed RLE string (pycocotools' `rleFrString`): 5-bit groups with a
-    continuation bit, each count after the second stored as a difference to the one two before."""
-    counts: list[int] = []
-    position = 0
-    while position < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            chunk = ord(text[position]) - 48
-            value |= (chunk & 0x1F) << shift
-            more = bool(chunk & 0x20)
-            position, shift = position + 1, shift + 5
-            if not more and chunk & 0x10:
-                value |= -1 << shift
-        counts.append(value + counts[-2] if len(counts) > 2 else value)
-    return counts
-
-
 def annotation_mask(segmentation: list[list[float]] | dict[str, Any], height: int, width: int) -> np.ndarray:
     """bool (H, W) of a COCO segmentation: polygons (their union) or RLE (`counts` a list or a compressed string)."""
     if isinstance(segmentation, list):
@@ -254,12 +237,21 @@ def annotation_mask(segmentation: list[list[float]] | dict[str, Any], height: in
         for polygon in segmentation:
             mask |= rasterise_polygon(polygon, height, width)
         return mask
-    counts = segmentation["counts"]
-    counts = _rle_counts(counts) if isinstance(counts, str) else counts
     if list(segmentation["size"]) != [height, width]:
         raise ValueError(f"an RLE of size {segmentation['size']} on a {height}x{width} image")
-    runs = np.repeat(np.arange(len(counts)) % 2 == 1, counts)  # runs alternate 0, 1, ... in column-major order
-    return runs.reshape(width, height).T
+    counts = segmentation["counts"]
+    if isinstance(counts, str | bytes):  # compressed: pycocotools' own string format
+        rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
+    else:
+        if sum(counts) != height * width:
+            raise ValueError(f"RLE counts cover {sum(counts)} pixels of a {height}x{width} image")
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    mask = mask_utils.decode(rle).astype(bool)  # a ValueError for counts beyond the image
+    # decode leaves the pixels after counts that stop short undefined: a string that does not encode back is such
+    compressed = isinstance(counts, str | bytes)
+    if compressed and mask_utils.encode(np.asfortranarray(mask, np.uint8))["counts"] != rle["counts"]:
+        raise ValueError(f"RLE counts do not cover the {height}x{width} image")
+    return mask
 
 
 class CocoSource:
