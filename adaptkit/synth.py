@@ -35,6 +35,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from adaptkit.codecs import Codec, build_codec
+from adaptkit.images import to_rgb_array
+
 __all__ = [
     "FAR_DEPTH",
     "HELDOUT_TASKS",
@@ -535,47 +538,24 @@ HELDOUT_TASKS: tuple[str, ...] = tuple(n for n, t in TASKS.items() if t.split ==
 
 
 # -------------------------------------------------------------------------------------------- datasets
-# Targets are stored losslessly: masks as 0/255 PNG, semantic labels as 8-bit PNG, instance ids as
-# 16-bit PNG, depth and normals as float32 .npy (a PNG would quantise them).
-_TARGET_EXT = {
-    "binary_mask": ".png",
-    "semantic": ".png",
-    "instances": ".png",
-    "depth": ".npy",
-    "normals": ".npy",
-}
-
-
-def _write_target(path: Path, target: np.ndarray, codec: str) -> None:
-    if codec == "binary_mask":
-        Image.fromarray(target.astype(np.uint8) * 255).save(path)
-    elif codec == "semantic":
-        Image.fromarray(target.astype(np.uint8)).save(path)
-    elif codec == "instances":
-        Image.fromarray(target.astype(np.uint16)).save(path)
-    else:
-        np.save(path, target)
-
-
-def _read_target(path: Path, codec: str) -> np.ndarray:
-    if _TARGET_EXT[codec] == ".npy":
-        return np.load(path)
-    pixels = np.asarray(Image.open(path))
-    if codec == "binary_mask":
-        return pixels > 127
-    return pixels.astype(np.int64 if codec == "semantic" else np.int32)
+def _target_codec(name: str) -> Codec:
+    """The codec that writes and reads a task's target files, losslessly (``Codec.save_target``): masks as
+    0/255 PNG, semantic labels and instance ids as 8/16-bit id PNG, depth and normals as float32 ``.npy`` (a
+    PNG would quantise them). Semantic ids index ``SEMANTIC_CLASSES``."""
+    return build_codec(name, {"num_classes": len(SEMANTIC_CLASSES)} if name == "semantic" else {})
 
 
 def write_dataset(folder: str | Path, n: int, seed: int, task: str, resolution: int = 64) -> list[str]:
     """Write ``n`` scenes of ``task`` as a plain folder of image/target pairs with matching stems.
 
-    Layout: ``images/{stem}.png`` (RGB), ``masks/{stem}.png|.npy`` (see ``_TARGET_EXT``), for prompted
+    Layout: ``images/{stem}.png`` (RGB), ``masks/{stem}.png|.npy`` (see ``_target_codec``), for prompted
     tasks ``prompts/{stem}.json`` (``{"points": [[x, y], ...], "labels": [1, ...]}``), and ``meta.json``
     describing the task and the scene seed behind every stem (for :func:`render_scene`). Item ``i``
     depends only on ``(seed, i)``, so a larger ``n`` extends a smaller dataset instead of reshuffling
     it. Returns the stems in order.
     """
     spec = TASKS[task]
+    codec = _target_codec(spec.codec)
     root = Path(folder)
     subdirs = ["images", "masks"] + (["prompts"] if spec.prompted else [])
     for sub in subdirs:
@@ -588,7 +568,7 @@ def write_dataset(folder: str | Path, n: int, seed: int, task: str, resolution: 
         target, points = spec.target(sample, rng)
         stem = f"{i:05d}"
         Image.fromarray(np.round(sample.image * 255).astype(np.uint8)).save(root / "images" / f"{stem}.png")
-        _write_target(root / "masks" / f"{stem}{_TARGET_EXT[spec.codec]}", target, spec.codec)
+        target_ext = codec.save_target(target, root / "masks" / stem).suffix
         if points is not None:
             prompt = {"points": points.tolist(), "labels": [1] * len(points)}
             (root / "prompts" / f"{stem}.json").write_text(json.dumps(prompt))
@@ -601,7 +581,7 @@ def write_dataset(folder: str | Path, n: int, seed: int, task: str, resolution: 
         "n": n,
         "seed": seed,
         "resolution": resolution,
-        "target_ext": _TARGET_EXT[spec.codec],
+        "target_ext": target_ext if n else None,
         "scene_seeds": scene_seeds,
     }
     (root / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -614,7 +594,9 @@ def read_pair(folder: str | Path, stem: str, task: str) -> tuple[np.ndarray, np.
     Targets come back with the dtypes of :class:`SceneSample` (bool masks, int64 semantic, int32
     instances, float32 depth/normals), bit-identical to what was written.
     """
-    codec = TASKS[task].codec
+    codec = _target_codec(TASKS[task].codec)
     root = Path(folder)
-    image = np.asarray(Image.open(root / "images" / f"{stem}.png").convert("RGB"), np.float32) / 255.0
-    return image, _read_target(root / "masks" / f"{stem}{_TARGET_EXT[codec]}", codec)
+    image = to_rgb_array(root / "images" / f"{stem}.png")
+    target_ext = json.loads((root / "meta.json").read_text())["target_ext"]
+    target = codec.load_target(root / "masks" / f"{stem}{target_ext}", image.shape[:2])
+    return image, target.astype(np.int32) if codec.name == "instances" else target  # the codec reads ids as int64

@@ -209,6 +209,16 @@ class Codec(ABC):
             raise self._fail(f"cannot save a {type(target).__name__}; override save() for this target type")
         return [_write_npy(target, Path(f"{stem}.npy"))]
 
+    def save_target(self, target: Any, stem: str | Path) -> Path:
+        """Write a ground-truth target as the one lossless file that ``load_target`` reads back unchanged:
+        what a data folder holds, one file per stem so that pairing by stem stays unambiguous
+        (``synth.write_dataset`` writes its folders with it). This default is ``save``'s file where that is
+        the only one; codecs whose ``save`` adds a preview or scores override it."""
+        paths = self.save(target, stem)
+        if len(paths) != 1:
+            raise self._fail(f"save() wrote {len(paths)} files; override save_target() to write the lossless one")
+        return paths[0]
+
     def metric_options(self) -> dict[str, Any]:
         """Metric constructor options that this codec's encoding implies (``build_codec_metrics`` passes each
         to the metrics that accept it): none by default."""

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adaptkit.codecs.base import Codec, register_codec
+from adaptkit.codecs.base import Codec, _write_npy, register_codec
 from adaptkit.codecs.helpers import _l1, _save_with_preview, _unit_png_array
 
 
@@ -90,6 +90,10 @@ class DepthCodec(Codec):
     def save(self, target: np.ndarray, stem: str | Path) -> list[Path]:
         """``stem.npy``: the relative value (float32); ``stem.png``: the same as 16-bit grey, near = white."""
         return _save_with_preview(target, _unit_png_array(target), stem)
+
+    def save_target(self, target: np.ndarray, stem: str | Path) -> Path:
+        """``stem.npy`` alone: the exact values, without ``save``'s preview."""
+        return _write_npy(target, Path(f"{stem}.npy"))
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scale-and-shift-invariant L1 on the grey value: per image, least-squares align the prediction to

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adaptkit.codecs.base import Codec, as_image, register_codec
+from adaptkit.codecs.base import Codec, _write_npy, as_image, register_codec
 from adaptkit.codecs.helpers import _l1, _rgb_arg, _save_with_preview, _segment_projection, _unit_png_array
 
 _RAMPS: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -73,6 +73,10 @@ class HeatmapCodec(Codec):
     def save(self, target: np.ndarray, stem: str | Path) -> list[Path]:
         """``stem.npy``: the values (float32); ``stem.png``: the same as 16-bit grey."""
         return _save_with_preview(target, _unit_png_array(target), stem)
+
+    def save_target(self, target: np.ndarray, stem: str | Path) -> Path:
+        """``stem.npy`` alone: the exact values, without ``save``'s preview."""
+        return _write_npy(target, Path(f"{stem}.npy"))
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """L1 in colour space (for a grey ramp, L1 on the value itself)."""

@@ -218,9 +218,14 @@ class InstancesCodec(Codec):
         """``stem.png``: instance ids (i + 1 for ``masks[i]``, 8- or 16-bit grey); ``stem.json``: their
         scores."""
         scores = Path(f"{stem}.json")
-        ids = _write_png(_ids_png_array(target.to_label_map()), Path(f"{stem}.png"))
+        ids = self.save_target(target, stem)
         scores.write_text(json.dumps({"scores": [round(float(v), 6) for v in target.scores]}) + "\n")
         return [ids, scores]
+
+    def save_target(self, target: Instances | np.ndarray, stem: str | Path) -> Path:
+        """``stem.png`` alone: instance ids of a record (as ``save``) or of a label map, 8- or 16-bit grey."""
+        labels = target.to_label_map() if isinstance(target, Instances) else np.asarray(target)
+        return _write_png(_ids_png_array(labels), Path(f"{stem}.png"))
 
     def hflip(self, target: Instances | np.ndarray) -> Instances | np.ndarray:
         if isinstance(target, Instances):

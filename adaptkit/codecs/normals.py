@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adaptkit.codecs.base import Codec, register_codec
+from adaptkit.codecs.base import Codec, _write_npy, register_codec
 from adaptkit.codecs.helpers import _list_values, _save_with_preview
 
 
@@ -65,6 +65,10 @@ class NormalsCodec(Codec):
         """``stem.npy``: the vectors (float32); ``stem.png``: their 8-bit colour encoding (``load_target``
         reads either)."""
         return _save_with_preview(target, np.rint(self._encode(target) * 255).astype(np.uint8), stem)
+
+    def save_target(self, target: np.ndarray, stem: str | Path) -> Path:
+        """``stem.npy`` alone: the exact values, without ``save``'s preview."""
+        return _write_npy(target, Path(f"{stem}.npy"))
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean 1 - cosine between predicted and target vectors over valid (non-zero) target pixels: 0 when
