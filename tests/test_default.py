@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import nbformat
@@ -57,9 +56,9 @@ def test_a_short_adaptation_raises_the_validation_metric(default, tmp_path):
     assert max(row["iou"] for row in history[1:]) > history[0]["iou"] + 0.1
 
 
-def test_the_quickstart_notebook_runs(tmp_path):
+def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
     notebook = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
-    os.environ["ADAPTKIT_NOTEBOOK_STEPS"] = "40"
+    monkeypatch.setenv("ADAPTKIT_NOTEBOOK_STEPS", "40")  # the kernel inherits it; later tests do not
     NotebookClient(notebook, timeout=900, resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "IoU on 100 test images" in outputs

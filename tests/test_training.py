@@ -135,13 +135,14 @@ def test_training_lowers_the_loss(tmp_path):
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
 
 
-def test_only_lora_weights_train():
-    generalist = build_tiny_generalist().to_runtime("cpu")
-    names = resolve_targets(generalist.denoiser, "attention")
+def test_adapter_targets_resolve_to_the_denoisers_projections(tiny):
+    # which weights train is `test_pixel_loss_trains_only_lora_weights`'s question; this one is which layers
+    names = resolve_targets(tiny.denoiser, "attention")
     assert len(names) == 2 * 8 - 1  # two blocks of 8 projections; the last block has no to_add_out
-    assert len(resolve_targets(generalist.denoiser, "attention+mlp")) > len(names)
+    assert all(".transformer_blocks." in name and ".attn." in name for name in names)  # embedders stay frozen
+    assert len(resolve_targets(tiny.denoiser, "attention+mlp")) > len(names)
     with pytest.raises(AdapterError, match="to_qq"):
-        resolve_targets(generalist.denoiser, ["to_qq"])
+        resolve_targets(tiny.denoiser, ["to_qq"])
 
 
 class _Interrupt(L.Callback):
