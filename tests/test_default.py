@@ -47,6 +47,7 @@ def test_zero_shot_depth_is_far_better_than_a_constant(default):
     assert report.metrics["delta1"] > 0.7
 
 
+@pytest.mark.slow
 def test_a_short_adaptation_raises_the_validation_metric(default, tmp_path):
     recipe = load_recipe("quickstart", ["train.steps=60", "train.val_every=30", "data.train_shots=20",
                                         "data.val_shots=16", "data.test_shots=0"])
@@ -56,6 +57,7 @@ def test_a_short_adaptation_raises_the_validation_metric(default, tmp_path):
     assert max(row["iou"] for row in history[1:]) > history[0]["iou"] + 0.1
 
 
+@pytest.mark.slow
 def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
     notebook = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
     monkeypatch.setenv("ADAPTKIT_NOTEBOOK_STEPS", "40")  # the kernel inherits it; later tests do not

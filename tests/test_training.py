@@ -193,6 +193,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_adapter(tmp_path, monke
     AdaptedModel.from_pretrained(tmp_path / "run" / "adapter")  # and it loads
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(RECIPE))
@@ -231,6 +232,7 @@ class _Signal(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_a_checkpoint_and_any_number_of_resumes_keep_the_whole_record(tmp_path):
     settings = {"train.steps": 10, "train.val_every": 4}
     train(recipe(**settings), tmp_path / "whole", progress=False)
