@@ -9,16 +9,33 @@ The public API, one name per concept (each module's docstring says why it is sha
 - `AdaptedModel`: an adapter folder loaded onto its generalist, to predict (`adaptkit.adapters`).
 - `evaluate`, `predict_files`, `builtin_task`: scoring and writing predictions (`adaptkit.inference`).
 - `build_metrics`: torchmetrics per codec (`adaptkit.metrics`).
+- `Sample`: one labelled pair, as every data source returns it (`adaptkit.data`).
+- `AdaptkitError` and its subclasses, one per concept: what adaptkit raises for input a user can fix, with a
+  message naming the file, key or value at fault (`adaptkit.errors` says more).
 
-Imports are lazy, so `import adaptkit` stays fast and the CLI starts quickly.
+Imports are lazy, so `import adaptkit` stays fast and the CLI starts quickly (`__getattr__` imports a name's
+module on first use); the `TYPE_CHECKING` imports below name the same objects for type checkers and editors.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # exactly the names of `_EXPORTS` (tests/test_api.py checks it)
+    from adaptkit.adapters import AdaptedModel, AdapterError
+    from adaptkit.codecs import CodecError, build_codec, list_codecs
+    from adaptkit.data import DataError, Sample
+    from adaptkit.errors import AdaptkitError, FileError
+    from adaptkit.generalist import CheckpointError, Generalist, load_generalist
+    from adaptkit.hub import HubError
+    from adaptkit.inference import builtin_task, evaluate, predict_files
+    from adaptkit.metrics import build_metrics
+    from adaptkit.recipe import Recipe, RecipeError, load_recipe
+    from adaptkit.sweep import SweepError
+    from adaptkit.training import TrainingError, TrainingInterrupted, train
 
 _EXPORTS = {
     "Generalist": "adaptkit.generalist",
@@ -33,9 +50,48 @@ _EXPORTS = {
     "predict_files": "adaptkit.inference",
     "builtin_task": "adaptkit.inference",
     "build_metrics": "adaptkit.metrics",
+    "Sample": "adaptkit.data",
+    "AdaptkitError": "adaptkit.errors",
+    "FileError": "adaptkit.errors",
+    "RecipeError": "adaptkit.recipe",
+    "CodecError": "adaptkit.codecs",
+    "DataError": "adaptkit.data",
+    "CheckpointError": "adaptkit.generalist",
+    "AdapterError": "adaptkit.adapters",
+    "TrainingError": "adaptkit.training",
+    "TrainingInterrupted": "adaptkit.training",
+    "SweepError": "adaptkit.sweep",
+    "HubError": "adaptkit.hub",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+# A literal list, since type checkers read no other form: `__version__` and `_EXPORTS` (tests/test_api.py)
+__all__ = [
+    "AdaptedModel",
+    "AdapterError",
+    "AdaptkitError",
+    "CheckpointError",
+    "CodecError",
+    "DataError",
+    "FileError",
+    "Generalist",
+    "HubError",
+    "Recipe",
+    "RecipeError",
+    "Sample",
+    "SweepError",
+    "TrainingError",
+    "TrainingInterrupted",
+    "__version__",
+    "build_codec",
+    "build_metrics",
+    "builtin_task",
+    "evaluate",
+    "list_codecs",
+    "load_generalist",
+    "load_recipe",
+    "predict_files",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:

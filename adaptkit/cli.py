@@ -11,8 +11,12 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adaptkit import __version__
+
+if TYPE_CHECKING:
+    from adaptkit.adapters import AdaptedModel
 
 
 def _format_count(count: int) -> str:
@@ -101,7 +105,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      study_name=args.study, workers=args.workers, worker=args.worker)
 
 
-def _load_model(target: str | None, task: str | None, base: str, class_name: str = ""):
+def _load_model(target: str | None, task: str | None, base: str, class_name: str = "") -> AdaptedModel:
     """An adapter folder / Hub id, or a built-in task of `base` (no adapter: the zero-shot baseline)."""
     from adaptkit.adapters import AdaptedModel, AdapterError
     from adaptkit.inference import BUILTIN_CODECS, builtin_task

@@ -121,7 +121,7 @@ def to_model_batch(images: Sequence[np.ndarray], resolution: int) -> torch.Tenso
     """Stack float RGB arrays into a (B, 3, R, R) tensor in [-1, 1] at the model resolution.
 
     DICEPTION resizes to a square without keeping the aspect ratio; so do we, with
-    anti-aliased bilinear resampling, and `resize_back` undoes it on the output.
+    anti-aliased bilinear resampling (`resize`), and the output is resized back to each input's size the same way.
     """
     tensors = [resize(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1), resolution, resolution)
                for im in images]

@@ -36,7 +36,7 @@ from adaptkit.images import to_model_batch
 from adaptkit.metrics import build_codec_metrics
 from adaptkit.synth import SEMANTIC_CLASSES, render_scene, sample_point_prompt
 from adaptkit.tiny import TinySpec, build_tiny_generalist
-from adaptkit.training import OBJECTIVES
+from adaptkit.training import OBJECTIVES, Denoise
 
 #: The default's architecture: 4 blocks of 4 x 32 heads (2.3 M transformer parameters), 64 px images and
 #: a 4x VAE (16 x 16 x 16 latents): sized so that pretraining fits an afternoon of 2 CPU cores and a
@@ -276,7 +276,7 @@ class PretrainData:
         return np.array([rng.choice(self.by_task[task]) for task in tasks])
 
 
-def make_denoise(generalist: Generalist, data: PretrainData, batch: dict[str, torch.Tensor]):
+def make_denoise(generalist: Generalist, data: PretrainData, batch: dict[str, torch.Tensor]) -> Denoise:
     embeds, pooled = data.embeds[batch["prompt"]], data.pooled[batch["prompt"]]
 
     def denoise(noisy: torch.Tensor, condition: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -312,7 +312,8 @@ def evaluate(generalist: Generalist, data: PretrainData, objective: str, limit: 
     return results
 
 
-def _euler(generalist: Generalist, denoise, condition: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
+def _euler(generalist: Generalist, denoise: Denoise, condition: torch.Tensor, noise: torch.Tensor,
+           steps: int) -> torch.Tensor:
     """The generalist's flow-matching Euler sampler with per-row prompts bound into `denoise`."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 

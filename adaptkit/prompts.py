@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -17,6 +18,9 @@ from torch import nn
 
 from adaptkit.errors import FileError
 from adaptkit.files import read_safetensors
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase, T5EncoderModel
 
 PROMPT_CACHE_FILE = "prompt_embeds.safetensors"
 
@@ -79,7 +83,9 @@ class PromptEncoder(nn.Module):
     sequence; pooled = CLIP-L pooled ++ CLIP-G pooled), so it is exactly SD3's.
     """
 
-    def __init__(self, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3, tokenizer_3,
+    def __init__(self, text_encoder: CLIPTextModelWithProjection | None, tokenizer: PreTrainedTokenizerBase | None,
+                 text_encoder_2: CLIPTextModelWithProjection | None, tokenizer_2: PreTrainedTokenizerBase | None,
+                 text_encoder_3: T5EncoderModel | None, tokenizer_3: PreTrainedTokenizerBase | None,
                  max_sequence_length: int = 256, cache: PromptCache | None = None) -> None:
         super().__init__()
         self.text_encoder, self.text_encoder_2, self.text_encoder_3 = text_encoder, text_encoder_2, text_encoder_3

@@ -173,7 +173,8 @@ class FlowMatching(Objective):
 
     name, deterministic = "flow", False
 
-    def loss(self, generalist, denoise, batch, generator):
+    def loss(self, generalist: Generalist, denoise: Denoise, batch: dict[str, torch.Tensor],
+             generator: torch.Generator) -> dict[str, torch.Tensor]:
         scheduler = generalist.scheduler
         x0 = _draw(batch["target_mean"], batch["target_std"], generator)
         condition = _draw(batch["condition_mean"], batch["condition_std"], generator)
@@ -197,7 +198,8 @@ class SingleStep(Objective):
 
     name, deterministic = "single_step", True
 
-    def loss(self, generalist, denoise, batch, generator):
+    def loss(self, generalist: Generalist, denoise: Denoise, batch: dict[str, torch.Tensor],
+             generator: torch.Generator) -> dict[str, torch.Tensor]:
         x0 = batch["target_mean"]
         timesteps = torch.full((x0.shape[0],), 1000.0, device=x0.device)
         predicted = -denoise(torch.zeros_like(x0), batch["condition_mean"], timesteps).float()
@@ -281,7 +283,7 @@ class AdapterModule(L.LightningModule):
             self.metrics.reset()
         self.log_dict(values, sync_dist=False)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict[str, Any]:
         train = self.recipe.train
         parameters = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)

@@ -610,6 +610,7 @@ def test_an_unexpected_error_is_one_line_naming_the_traceback_file(capsys, monke
         main(["--debug", "recipes"])
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_command_line_saves_exits_non_zero_and_says_how_to_resume(tmp_path):
     import signal
     import subprocess

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import nbformat
@@ -48,6 +47,7 @@ def test_zero_shot_depth_is_far_better_than_a_constant(default):
     assert report.metrics["delta1"] > 0.7
 
 
+@pytest.mark.slow
 def test_a_short_adaptation_raises_the_validation_metric(default, tmp_path):
     recipe = load_recipe("quickstart", ["train.steps=60", "train.val_every=30", "data.train_shots=20",
                                         "data.val_shots=16", "data.test_shots=0"])
@@ -57,9 +57,10 @@ def test_a_short_adaptation_raises_the_validation_metric(default, tmp_path):
     assert max(row["iou"] for row in history[1:]) > history[0]["iou"] + 0.1
 
 
-def test_the_quickstart_notebook_runs(tmp_path):
+@pytest.mark.slow
+def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
     notebook = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
-    os.environ["ADAPTKIT_NOTEBOOK_STEPS"] = "40"
+    monkeypatch.setenv("ADAPTKIT_NOTEBOOK_STEPS", "40")  # the kernel inherits it; later tests do not
     NotebookClient(notebook, timeout=900, resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "IoU on 100 test images" in outputs

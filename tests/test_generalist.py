@@ -253,6 +253,7 @@ def test_pickled_code_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_weights_resolve_offline_from_the_hub_cache(tiny, tmp_path):
     """`weights: Canyu/DICEPTION` works with no network once the file is in the Hugging Face cache."""
     snapshot = tmp_path / "hub" / "models--Canyu--DICEPTION" / "snapshots" / ("0" * 40)

@@ -83,6 +83,7 @@ def _files(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "predictions.json"}
 
 
+@pytest.mark.slow
 def test_push_pull_offline_round_trip(hub, run, tmp_path):
     adapter = run / "adapter"
     pushed = client(hub, tmp_path / "pusher", "push", str(adapter), "alice/shadow")
@@ -121,6 +122,7 @@ def test_push_pull_offline_round_trip(hub, run, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "offline.npy"), np.load(run / "reference.npy"))
 
 
+@pytest.mark.slow
 def test_push_to_a_branch_and_pull_that_revision(hub, run, tmp_path):
     pushed = client(hub, tmp_path / "home", "push", str(run / "adapter"), "alice/branched", "--revision", "try-1",
                     "--message", "first try", "--private")
@@ -135,12 +137,14 @@ def test_push_to_a_branch_and_pull_that_revision(hub, run, tmp_path):
     assert _files(tmp_path / "p") == {k: v for k, v in _files(run / "reference").items() if "encoded" not in k}
 
 
+@pytest.mark.slow
 def test_push_without_permission_is_one_clear_line(hub, run, tmp_path):
     refused = client(hub, tmp_path / "home", "push", str(run / "adapter"), "bob/shadow")
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0 and "no permission" in refused.stderr
 
 
+@pytest.mark.slow
 def test_a_repo_holding_pickles_is_refused_before_anything_loads(hub, run, tmp_path):
     refused = client(hub, tmp_path / "home", "predict", "mallory/pickled", str(run / "inputs"), "--out",
                      str(tmp_path / "p"), token=None)

@@ -115,6 +115,7 @@ def test_search_space_errors_name_the_key(space, message):
         load_recipe({**RECIPE, "sweep": {"space": space}})
 
 
+@pytest.mark.slow
 def test_sweep_with_pruning_writes_every_file_and_keeps_the_best_adapter(tmp_path):
     recipe = write_recipe(tmp_path)
     out = tmp_path / "sweep"
@@ -152,6 +153,7 @@ def test_sweep_with_pruning_writes_every_file_and_keeps_the_best_adapter(tmp_pat
     assert len(json.loads((out / "sweep.json").read_text())["trials"]) == 4
 
 
+@pytest.mark.slow
 def test_kill_9_mid_trial_then_rerun_loses_nothing(tmp_path):
     recipe = write_recipe(tmp_path, train={"steps": 40, "val_every": 20}, sweep={"trials": 3, "pruner": "none"})
     out = tmp_path / "sweep"
@@ -180,6 +182,7 @@ def test_kill_9_mid_trial_then_rerun_loses_nothing(tmp_path):
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3  # total = trials
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path):
     recipe = write_recipe(tmp_path, sweep={"trials": 2, "sampler": "grid", "space": {"train.lr": [3e-3, 1e30]}})
     assert main(["sweep", str(recipe), "--out", str(tmp_path / "sweep")]) == 0
@@ -189,6 +192,7 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_p
     assert by_lr[3e-3]["state"] == "complete" and record["best"]["params"] == {"train.lr": 3e-3}
 
 
+@pytest.mark.slow
 def test_ctrl_c_records_the_running_trial_as_failed_and_the_rerun_completes_it(tmp_path, capsys):
     recipe = write_recipe(tmp_path, sweep={"trials": 3, "pruner": "none"})
     out = tmp_path / "sweep"
@@ -222,6 +226,7 @@ def _two_workers(tmp_path: Path, storage: list[str]) -> list[optuna.trial.Frozen
                                                                   storage=storage[1]).trials
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_on_the_journal_file(tmp_path):
     trials = _two_workers(tmp_path, [])
     assert len({t.user_attrs["owner"] for t in trials}) == 2  # both processes ran trials
@@ -253,6 +258,7 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_on_a_postgresql_server(tmp_path, postgres):
     trials = _two_workers(tmp_path, ["--storage", postgres])
     assert len({t.user_attrs["owner"] for t in trials}) == 2

@@ -135,13 +135,14 @@ def test_training_lowers_the_loss(tmp_path):
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
 
 
-def test_only_lora_weights_train():
-    generalist = build_tiny_generalist().to_runtime("cpu")
-    names = resolve_targets(generalist.denoiser, "attention")
+def test_adapter_targets_resolve_to_the_denoisers_projections(tiny):
+    # which weights train is `test_pixel_loss_trains_only_lora_weights`'s question; this one is which layers
+    names = resolve_targets(tiny.denoiser, "attention")
     assert len(names) == 2 * 8 - 1  # two blocks of 8 projections; the last block has no to_add_out
-    assert len(resolve_targets(generalist.denoiser, "attention+mlp")) > len(names)
+    assert all(".transformer_blocks." in name and ".attn." in name for name in names)  # embedders stay frozen
+    assert len(resolve_targets(tiny.denoiser, "attention+mlp")) > len(names)
     with pytest.raises(AdapterError, match="to_qq"):
-        resolve_targets(generalist.denoiser, ["to_qq"])
+        resolve_targets(tiny.denoiser, ["to_qq"])
 
 
 class _Interrupt(L.Callback):
@@ -192,6 +193,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_adapter(tmp_path, monke
     AdaptedModel.from_pretrained(tmp_path / "run" / "adapter")  # and it loads
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(RECIPE))
@@ -230,6 +232,7 @@ class _Signal(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_a_checkpoint_and_any_number_of_resumes_keep_the_whole_record(tmp_path):
     settings = {"train.steps": 10, "train.val_every": 4}
     train(recipe(**settings), tmp_path / "whole", progress=False)
