@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,7 @@ from adaptkit.images import to_model_batch
 from adaptkit.metrics import build_codec_metrics
 from adaptkit.synth import SEMANTIC_CLASSES, render_scene, sample_point_prompt
 from adaptkit.tiny import TinySpec, build_tiny_generalist
-from adaptkit.training import OBJECTIVES
+from adaptkit.training import OBJECTIVES, warmup_cosine
 
 #: The default's architecture: 4 blocks of 4 x 32 heads (2.3 M transformer parameters), 64 px images and
 #: a 4x VAE (16 x 16 x 16 latents): sized so that pretraining fits an afternoon of 2 CPU cores and a
@@ -147,13 +146,6 @@ class Checkpoint:
         return self.step
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
-    """Linear warmup then cosine decay, as a plain float (it ends up in the optimiser's saved state)."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
 def _log(path: Path, row: dict) -> None:
     new = not path.is_file()
     with path.open("a", newline="") as handle:
@@ -183,7 +175,7 @@ def run_stage(name: str, model: torch.nn.Module, lr: float, steps: int, warmup: 
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"pretrain {name}", unit="step")
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr * _schedule(step, steps, warmup)
+            group["lr"] = lr * warmup_cosine(step, steps, warmup)
         loss = loss_at(np.random.default_rng([config.seed, stage, step]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -217,6 +217,15 @@ def _draw(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> 
 
 
 # ------------------------------------------------------------------------ the Lightning module
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """The learning-rate factor at `step`: linear warmup over `warmup` steps, then cosine decay to zero at
+    `total`. A plain float of the step alone, so adapter training and pretraining share it and a resumed
+    run continues on the same curve."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
 class AdapterModule(L.LightningModule):
     """The frozen generalist with trainable LoRA layers: training steps touch only the denoiser."""
 
@@ -286,13 +295,8 @@ class AdapterModule(L.LightningModule):
         parameters = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
 
-        def schedule(step: int) -> float:  # linear warmup, then cosine decay to zero
-            if step < train.warmup:
-                return (step + 1) / (train.warmup + 1)
-            progress = (step - train.warmup) / max(1, train.steps - train.warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, train.steps, train.warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
