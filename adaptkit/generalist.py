@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from adaptkit.errors import AdaptkitError
 from adaptkit.images import ImageLike, resize, to_model_batch, to_rgb_array
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache, PromptEncoder
+from adaptkit.sampling import euler_sample
 
 SD3_MEDIUM_HUB_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
 DICEPTION_HUB_ID = "Canyu/DICEPTION"
@@ -265,31 +266,28 @@ class Generalist(nn.Module):
         Guidance is applied only above 1.0 (as the release does): the unconditional branch keeps the
         condition latent, uses the empty prompt and literal zero point tokens, batched [uncond, cond].
         """
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
-        scheduler.set_timesteps(steps, device=noise.device)
         batch = noise.shape[0]
         if points is None:
             points = noise.new_full((batch, MAX_POINTS, 2), -1.0)
             point_labels = torch.zeros(batch, MAX_POINTS, dtype=torch.long, device=noise.device)
-        use_guidance = guidance > 1.0
-        if use_guidance:
-            null_embeds, null_pooled = self.encode_prompts([""])
-            prompt_embeds = torch.cat([null_embeds.expand_as(prompt_embeds), prompt_embeds])
-            pooled = torch.cat([null_pooled.expand_as(pooled), pooled])
-            condition, points, point_labels = (torch.cat([x, x]) for x in (condition, points, point_labels))
-        null_points = torch.arange(condition.shape[0], device=noise.device) < batch if use_guidance else None
-        latents = noise
-        for t in scheduler.timesteps:
-            model_input = torch.cat([latents, latents]) if use_guidance else latents
-            velocity = self.denoiser(model_input, condition, t.expand(model_input.shape[0]), prompt_embeds,
-                                     pooled, points, point_labels, null_points)
-            if use_guidance:
-                uncond, cond = velocity.chunk(2)
-                velocity = uncond + guidance * (cond - uncond)
-            latents = scheduler.step(velocity, t, latents).prev_sample
-        return latents
+        if guidance <= 1.0:
+            def denoise(latents: torch.Tensor, condition: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+                return self.denoiser(latents, condition, timesteps, prompt_embeds, pooled, points, point_labels)
+
+            return euler_sample(self.scheduler.config, denoise, condition, noise, steps)
+        null_embeds, null_pooled = self.encode_prompts([""])
+        prompt_embeds = torch.cat([null_embeds.expand_as(prompt_embeds), prompt_embeds])
+        pooled = torch.cat([null_pooled.expand_as(pooled), pooled])
+        points, point_labels = torch.cat([points, points]), torch.cat([point_labels, point_labels])
+        null_points = torch.arange(2 * batch, device=noise.device) < batch
+
+        def guided(latents: torch.Tensor, condition: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+            uncond, cond = self.denoiser(torch.cat([latents, latents]), torch.cat([condition, condition]),
+                                         torch.cat([timesteps, timesteps]), prompt_embeds, pooled, points,
+                                         point_labels, null_points).chunk(2)
+            return uncond + guidance * (cond - uncond)
+
+        return euler_sample(self.scheduler.config, guided, condition, noise, steps)
 
     def predict_latents(self, mean: torch.Tensor, std: torch.Tensor, seeds: Sequence[int], prompt_embeds: torch.Tensor,
                         pooled: torch.Tensor, steps: int = 28, guidance: float = 2.0, deterministic: bool = False,

@@ -33,6 +33,7 @@ from adaptkit.codecs import Instances, build_codec
 from adaptkit.generalist import DICEPTION_TASK_PROMPTS, Generalist
 from adaptkit.images import to_model_batch
 from adaptkit.metrics import build_codec_metrics
+from adaptkit.sampling import euler_sample
 from adaptkit.synth import SEMANTIC_CLASSES, render_scene, sample_point_prompt
 from adaptkit.tiny import TinySpec, build_tiny_generalist
 from adaptkit.training import OBJECTIVES, warmup_cosine
@@ -295,25 +296,13 @@ def evaluate(generalist: Generalist, data: PretrainData, objective: str, limit: 
             noise = torch.zeros_like(condition) if deterministic else torch.randn(
                 condition.shape, generator=torch.Generator().manual_seed(start))
             steps = 1 if deterministic else 8
-            latents = _euler(generalist, denoise, condition, noise, steps)
+            latents = euler_sample(generalist.scheduler.config, denoise, condition, noise, steps)
             images = generalist.decode_latents(latents).permute(0, 2, 3, 1).numpy()
             for row, image in zip(rows[start:start + 32], images, strict=True):
                 metric.update(codec.decode(image), data.items[row].truth)
         results[f"{task}/{TASK_METRIC[task]}"] = float(next(iter(metric.compute().values())))
     generalist.train()
     return results
-
-
-def _euler(generalist: Generalist, denoise, condition: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    """The generalist's flow-matching Euler sampler with per-row prompts bound into `denoise`."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(generalist.scheduler.config)
-    scheduler.set_timesteps(steps)
-    latents = noise
-    for t in scheduler.timesteps:
-        latents = scheduler.step(denoise(latents, condition, t.expand(len(latents))), t, latents).prev_sample
-    return latents
 
 
 def train_generalist(generalist: Generalist, config: PretrainConfig, out: Path) -> dict[str, float]:
