@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from adaptkit.errors import AdaptkitError
 from adaptkit.images import ImageLike, resize, to_model_batch, to_rgb_array
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache, PromptEncoder
-from adaptkit.sampling import euler_sample
+from adaptkit.sampling import SAMPLER_DEFAULTS, SHARED_DEFAULTS, euler_sample
 
 SD3_MEDIUM_HUB_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
 DICEPTION_HUB_ID = "Canyu/DICEPTION"
@@ -62,6 +62,9 @@ DICEPTION_TASK_PROMPTS: dict[str, str] = {
     "semantic": "[[image2semantic]]",
     "entity": "[[image2entity]]",
 }
+
+#: How a generalist is sampled when its caller says nothing: as DICEPTION is (see `adaptkit.sampling`).
+_FLOW = SAMPLER_DEFAULTS["flow"]
 
 #: The five top-level keys of `DICEPTION_v1.pth`.
 CHECKPOINT_KEYS = ("transformer", "point_embedder", "not_seg_embeddings", "seg_embeddings",
@@ -258,7 +261,7 @@ class Generalist(nn.Module):
         return embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype)
 
     def sample_latents(self, condition: torch.Tensor, prompt_embeds: torch.Tensor, pooled: torch.Tensor,
-                       noise: torch.Tensor, steps: int = 28, guidance: float = 2.0,
+                       noise: torch.Tensor, steps: int = _FLOW["steps"], guidance: float = _FLOW["guidance"],
                        points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
                        ) -> torch.Tensor:
         """Flow-matching Euler sampling from `noise` (SD3's shift-3 schedule), with optional guidance.
@@ -290,7 +293,8 @@ class Generalist(nn.Module):
         return euler_sample(self.scheduler.config, guided, condition, noise, steps)
 
     def predict_latents(self, mean: torch.Tensor, std: torch.Tensor, seeds: Sequence[int], prompt_embeds: torch.Tensor,
-                        pooled: torch.Tensor, steps: int = 28, guidance: float = 2.0, deterministic: bool = False,
+                        pooled: torch.Tensor, steps: int = _FLOW["steps"], guidance: float = _FLOW["guidance"],
+                        deterministic: bool = False,
                         points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
                         ) -> torch.Tensor:
         """Sample prediction latents from the condition images' posteriors (`encode_posterior`).
@@ -315,8 +319,9 @@ class Generalist(nn.Module):
 
     @torch.inference_mode()
     def predict(self, images: ImageLike | Sequence[ImageLike], prompt: str,
-                points: Sequence[Sequence[Sequence[float]] | None] | None = None, steps: int = 28,
-                guidance: float = 2.0, seed: int = 0, batch_size: int = 4, deterministic: bool = False,
+                points: Sequence[Sequence[Sequence[float]] | None] | None = None, steps: int = _FLOW["steps"],
+                guidance: float = _FLOW["guidance"], seed: int = SHARED_DEFAULTS["seed"],
+                batch_size: int = SHARED_DEFAULTS["batch_size"], deterministic: bool = False,
                 progress: bool = True) -> list[Prediction]:
         """Colour-encoded predictions for `images` under a task `prompt`.
 

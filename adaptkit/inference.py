@@ -48,9 +48,8 @@ def builtin_task(generalist: Generalist | str, task: str, class_name: str = "") 
                            f"{', '.join(t for t in BUILTIN_CODECS if _PROMPT_KEYS.get(t, t) in prompts)}")
     prompt = prompts[_PROMPT_KEYS.get(task, task)]
     prompt = f"{prompt} {class_name}".strip() if task == "semantic" else prompt
-    objective = generalist.config.objective
-    inference = {"steps": 1, "guidance": 1.0} if objective == "single_step" else {"steps": 28, "guidance": 2.0}
-    return AdaptedModel(generalist, build_codec(BUILTIN_CODECS[task]), prompt, objective, inference)
+    # no inference settings: the model samples with its objective's defaults (adaptkit.sampling)
+    return AdaptedModel(generalist, build_codec(BUILTIN_CODECS[task]), prompt, generalist.config.objective)
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""How a generalist's predictions are sampled: the flow-matching Euler loop.
+"""How a generalist's predictions are sampled: the defaults per objective, the rule they obey, the Euler loop.
+
+Recipes (`InferenceSection`), adapters (`AdaptedModel`), built-in tasks and `Generalist.predict` all
+take their defaults from `inference_defaults`, and recipe validation and `AdaptedModel` check the
+single-step rule with `sampling_allowed`, so the places can never disagree.
 
 Prediction (`Generalist.sample_latents`, with classifier-free guidance) and pretraining's zero-shot
 evaluation (per-row prompts) run the same loop; what differs is only the velocity, so each passes a
@@ -12,6 +16,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+#: Steps and guidance per training objective: `flow` is sampled as DICEPTION is (28 steps, guidance 2);
+#: `single_step` predicts in one deterministic pass, and nothing else is allowed (`sampling_allowed`).
+SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {"flow": {"steps": 28, "guidance": 2.0},
+                                               "single_step": {"steps": 1, "guidance": 1.0}}
+#: The settings every objective shares: samples per image, images per forward pass, the first image's seed.
+SHARED_DEFAULTS: dict[str, Any] = {"ensemble": 1, "batch_size": 8, "seed": 0}
+
+
+def inference_defaults(objective: str) -> dict[str, Any]:
+    """Every inference setting (steps, guidance, ensemble, batch_size, seed) for a model trained with `objective`."""
+    return {**SAMPLER_DEFAULTS[objective], **SHARED_DEFAULTS}
+
+
+def sampling_allowed(objective: str, steps: int, guidance: float) -> bool:
+    """Whether a model trained with `objective` may be sampled so: a single-step one only in its one
+    deterministic pass (steps 1, guidance 1.0), which is all it learnt."""
+    return objective != "single_step" or (steps, guidance) == (1, 1.0)
+
 
 #: A velocity model: (noisy latents, condition latents, per-row timesteps) -> velocity.
 Denoise = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
