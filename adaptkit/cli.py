@@ -104,9 +104,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _load_model(target: str | None, task: str | None, base: str, class_name: str = ""):
     """An adapter folder / Hub id, or a built-in task of `base` (no adapter: the zero-shot baseline)."""
     from adaptkit.adapters import AdaptedModel, AdapterError
-    from adaptkit.inference import BUILTIN_CODECS, builtin_task
+    from adaptkit.inference import builtin_task
+    from adaptkit.tasks import find_builtin_task
 
-    if task or (target in BUILTIN_CODECS and not Path(target).exists()):
+    if task or (target and find_builtin_task(target) and not Path(target).exists()):
         return builtin_task(base, task or target, class_name)
     if not target:
         raise AdapterError("give an adapter folder (or Hub id), or --task TASK for a built-in task")
