@@ -27,11 +27,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from adaptkit import bases
 from adaptkit.card import build_card
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import read_json, read_safetensors, require_file, sha256
-from adaptkit.generalist import GENERALIST_CONFIG_FILE, Generalist, Prediction, load_generalist
+from adaptkit.generalist import GENERALIST_CONFIG_FILE, Generalist, Prediction
 from adaptkit.hub import cached_commit, download_adapter, is_hub_ref
 from adaptkit.images import ImageLike
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache
@@ -232,12 +233,7 @@ def resolve_adapter(adapter: str | Path) -> Path:
 def load_base(meta: AdapterMeta, device: torch.device | str | None = None) -> Generalist:
     """The generalist an adapter records as its base, at the resolution it was trained at, without text
     encoders (the adapter carries its prompt embeddings)."""
-    base = meta.base
-    extra = {"base": base["sd3"], "weights": base["weights"]} if base["generalist"] == "diception" else {}
-    generalist = load_generalist(base["generalist"], device=device, load_text_encoders=False, **extra)
-    if base.get("resolution"):
-        generalist.config.resolution = base["resolution"]
-    return generalist
+    return bases.load_base(meta.base, device=device, load_text_encoders=False)
 
 
 def attach_adapter(generalist: Generalist, folder: Path, name: str) -> str:

@@ -24,7 +24,7 @@ def _format_count(count: int) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print a generalist's parts, sizes, dtype, resolution and known task prompts."""
-    from adaptkit.generalist import load_generalist
+    from adaptkit.bases import load_generalist
 
     generalist = load_generalist(args.base, device=args.device)
     config = generalist.config

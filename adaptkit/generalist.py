@@ -43,8 +43,6 @@ SD3_MEDIUM_HUB_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
 DICEPTION_HUB_ID = "Canyu/DICEPTION"
 DICEPTION_WEIGHTS_FILE = "DICEPTION_v1.pth"
 GENERALIST_CONFIG_FILE = "generalist.json"
-#: The small generalist adaptkit pretrains and ships (see `adaptkit.pretrain`): `load_generalist("default")`.
-DEFAULT_GENERALIST_DIR = Path(__file__).parent / "assets" / "default"
 
 #: SD3-medium's transformer config (2.03 B parameters), as published with the base model.
 SD3_MEDIUM_TRANSFORMER_CONFIG: dict[str, Any] = {
@@ -609,27 +607,11 @@ def _load_prompt_encoder(folder: Path, max_sequence_length: int, load_text_encod
     return PromptEncoder(**encoders, **tokenizers, max_sequence_length=max_sequence_length, cache=cache)
 
 
-def load_generalist(name: str | Path, device: torch.device | str | None = None,
-                    dtype: torch.dtype | None = None, **kwargs: Any) -> Generalist:
-    """The generalist a recipe or command names.
+def __getattr__(name: str) -> Any:
+    """`load_generalist` and `DEFAULT_GENERALIST_DIR` live in `adaptkit.bases` (which imports this module);
+    they stay importable from here, as they were."""
+    if name in ("load_generalist", "DEFAULT_GENERALIST_DIR"):
+        from adaptkit import bases
 
-    `default`: the small generalist shipped inside adaptkit, pretrained on the synthetic world;
-    `tiny`: a small random model built from configs (tests, smoke runs); `diception`: the released
-    model (SD3-medium base + DICEPTION_v1.pth; `base=` and `weights=` override where they come from);
-    anything else: an adaptkit generalist folder or Hub repo id.
-    """
-    if str(name) == "tiny":
-        from adaptkit.tiny import build_tiny_generalist
-
-        generalist = build_tiny_generalist()
-        if not kwargs.get("load_text_encoders", True):
-            generalist.prompts.drop_text_encoders()
-        return generalist.to_runtime(device, dtype)
-    if str(name) == "diception":
-        return Generalist.from_diception(device=device, dtype=dtype, **kwargs)
-    if str(name) == "default":
-        if not (DEFAULT_GENERALIST_DIR / GENERALIST_CONFIG_FILE).is_file():
-            raise CheckpointError(f"the embedded default generalist is missing from {DEFAULT_GENERALIST_DIR}; "
-                                  "reinstall adaptkit, or build it with `adaptkit pretrain` (see the README)")
-        name = DEFAULT_GENERALIST_DIR
-    return Generalist.from_pretrained(name, device=device, dtype=dtype, **kwargs)
+        return getattr(bases, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

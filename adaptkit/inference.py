@@ -20,11 +20,12 @@ import numpy as np
 from PIL import Image
 
 from adaptkit.adapters import AdaptedModel, AdapterError, combine_ensemble
+from adaptkit.bases import load_generalist
 from adaptkit.codecs import build_codec
 from adaptkit.data import Sample
 from adaptkit.errors import FileError
 from adaptkit.files import writable_folder
-from adaptkit.generalist import Generalist, load_generalist
+from adaptkit.generalist import Generalist
 from adaptkit.images import IMAGE_SUFFIXES, to_pil, to_rgb_array
 from adaptkit.metrics import build_codec_metrics
 from adaptkit.tasks import builtin_task_names, find_builtin_task

@@ -35,12 +35,13 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from torch.utils.data import DataLoader
 
+from adaptkit import bases
 from adaptkit.adapters import AdapterMeta, add_lora, count_parameters, save_adapter
 from adaptkit.codecs import Codec
 from adaptkit.data import Sample, Splits, hflip_sample
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import load_torch, writable_folder
-from adaptkit.generalist import MAX_POINTS, Generalist, load_generalist
+from adaptkit.generalist import MAX_POINTS, Generalist
 from adaptkit.images import resize, to_model_batch
 from adaptkit.metrics import HIGHER_IS_BETTER, build_codec_metrics, default_metric_names
 from adaptkit.preflight import preflight
@@ -576,11 +577,10 @@ def load_base(recipe: Recipe) -> Generalist:
     Under bf16-mixed the frozen weights are bf16 too (LoRA weights stay fp32), which is what lets
     SD3-medium train in 24 GB; the VAE encodes the data set on that device.
     """
-    base, train_cfg = recipe.base, recipe.train
-    extra = {"base": base.sd3, "weights": base.weights} if base.generalist == "diception" else {}
+    train_cfg = recipe.train
     dtype = torch.bfloat16 if _precision(train_cfg.precision, train_cfg.accelerator) == "bf16-mixed" else torch.float32
     device = "cuda" if _uses_gpu(train_cfg.accelerator) else "cpu"
-    return load_generalist(base.generalist, device=device, dtype=dtype, **extra)
+    return bases.load_base(recipe.base, device=device, dtype=dtype)
 
 
 def _check_resume(recipe: Recipe, out: Path, resume: bool, last_checkpoint: Path) -> int:
