@@ -2,7 +2,8 @@
 
 The public API, one name per concept (each module's docstring says why it is shaped as it is):
 
-- `Generalist`, `load_generalist`: the frozen DICEPTION-style model (`adaptkit.generalist`).
+- `Generalist`, `load_generalist`: the frozen DICEPTION-style model (`adaptkit.generalist`), and a base
+  loaded by name: `default`, `tiny`, `diception`, a folder or a Hub id (`adaptkit.bases`).
 - `build_codec`, `list_codecs`: how a task's target becomes an RGB image and back (`adaptkit.codecs`).
 - `load_recipe`, `Recipe`: a task's YAML recipe, validated (`adaptkit.recipe`).
 - `train`: a LoRA adapter from a recipe (`adaptkit.training`).
@@ -26,10 +27,11 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # exactly the names of `_EXPORTS` (tests/test_api.py checks it)
     from adaptkit.adapters import AdaptedModel, AdapterError
+    from adaptkit.bases import load_generalist
     from adaptkit.codecs import CodecError, build_codec, list_codecs
     from adaptkit.data import DataError, Sample
     from adaptkit.errors import AdaptkitError, FileError
-    from adaptkit.generalist import CheckpointError, Generalist, load_generalist
+    from adaptkit.generalist import CheckpointError, Generalist
     from adaptkit.hub import HubError
     from adaptkit.inference import builtin_task, evaluate, predict_files
     from adaptkit.metrics import build_metrics
@@ -39,7 +41,7 @@ if TYPE_CHECKING:  # exactly the names of `_EXPORTS` (tests/test_api.py checks i
 
 _EXPORTS = {
     "Generalist": "adaptkit.generalist",
-    "load_generalist": "adaptkit.generalist",
+    "load_generalist": "adaptkit.bases",
     "build_codec": "adaptkit.codecs",
     "list_codecs": "adaptkit.codecs",
     "Recipe": "adaptkit.recipe",

@@ -27,15 +27,17 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from adaptkit import bases
 from adaptkit.card import build_card
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import read_json, read_safetensors, require_file, sha256
-from adaptkit.generalist import GENERALIST_CONFIG_FILE, Generalist, Prediction, load_generalist
+from adaptkit.generalist import GENERALIST_CONFIG_FILE, Generalist, Prediction
 from adaptkit.hub import cached_commit, download_adapter, is_hub_ref
 from adaptkit.images import ImageLike
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache
 from adaptkit.recipe import AdapterSection, Recipe, TrainSection
+from adaptkit.sampling import inference_defaults, sampling_allowed
 
 ADAPTER_META_FILE = "adaptkit.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -231,12 +233,7 @@ def resolve_adapter(adapter: str | Path) -> Path:
 def load_base(meta: AdapterMeta, device: torch.device | str | None = None) -> Generalist:
     """The generalist an adapter records as its base, at the resolution it was trained at, without text
     encoders (the adapter carries its prompt embeddings)."""
-    base = meta.base
-    extra = {"base": base["sd3"], "weights": base["weights"]} if base["generalist"] == "diception" else {}
-    generalist = load_generalist(base["generalist"], device=device, load_text_encoders=False, **extra)
-    if base.get("resolution"):
-        generalist.config.resolution = base["resolution"]
-    return generalist
+    return bases.load_base(meta.base, device=device, load_text_encoders=False)
 
 
 def attach_adapter(generalist: Generalist, folder: Path, name: str) -> str:
@@ -274,8 +271,7 @@ class AdaptedModel:
                  adapter_name: str | None = None) -> None:
         self.generalist, self.codec, self.prompt = generalist, codec, prompt
         self.objective, self.meta, self.adapter_name = objective, meta, adapter_name
-        self.inference = {"steps": 28, "guidance": 2.0, "seed": 0, "batch_size": 8, "ensemble": 1,
-                          **(inference or {})}
+        self.inference = {**inference_defaults(objective), **(inference or {})}
 
     @classmethod
     def from_pretrained(cls, adapter: str | Path, generalist: Generalist | None = None,
@@ -321,7 +317,7 @@ class AdaptedModel:
         """A single-step adapter predicts in one deterministic pass; anything else is a mistake to report."""
         if steps < 1 or guidance < 0:
             raise AdapterError(f"steps must be >= 1 and guidance >= 0 (asked for steps={steps}, guidance={guidance})")
-        if self.objective == "single_step" and (steps != 1 or guidance != 1.0):
+        if not sampling_allowed(self.objective, steps, guidance):
             raise AdapterError(
                 f"adapter {self.meta.name if self.meta else self.prompt!r} was trained with the single_step "
                 f"objective: it predicts in one deterministic pass, so steps must be 1 and guidance 1.0 "

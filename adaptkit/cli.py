@@ -28,7 +28,7 @@ def _format_count(count: int) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print a generalist's parts, sizes, dtype, resolution and known task prompts."""
-    from adaptkit.generalist import load_generalist
+    from adaptkit.bases import load_generalist
 
     generalist = load_generalist(args.base, device=args.device)
     config = generalist.config
@@ -108,9 +108,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _load_model(target: str | None, task: str | None, base: str, class_name: str = "") -> AdaptedModel:
     """An adapter folder / Hub id, or a built-in task of `base` (no adapter: the zero-shot baseline)."""
     from adaptkit.adapters import AdaptedModel, AdapterError
-    from adaptkit.inference import BUILTIN_CODECS, builtin_task
+    from adaptkit.inference import builtin_task
+    from adaptkit.tasks import find_builtin_task
 
-    if task or (target in BUILTIN_CODECS and not Path(target).exists()):
+    if task or (target and find_builtin_task(target) and not Path(target).exists()):
         return builtin_task(base, task or target, class_name)
     if not target:
         raise AdapterError("give an adapter folder (or Hub id), or --task TASK for a built-in task")

@@ -37,13 +37,12 @@ from tqdm.auto import tqdm
 from adaptkit.errors import AdaptkitError
 from adaptkit.images import ImageLike, resize, to_model_batch, to_rgb_array
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache, PromptEncoder
+from adaptkit.sampling import SAMPLER_DEFAULTS, SHARED_DEFAULTS, euler_sample
 
 SD3_MEDIUM_HUB_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
 DICEPTION_HUB_ID = "Canyu/DICEPTION"
 DICEPTION_WEIGHTS_FILE = "DICEPTION_v1.pth"
 GENERALIST_CONFIG_FILE = "generalist.json"
-#: The small generalist adaptkit pretrains and ships (see `adaptkit.pretrain`): `load_generalist("default")`.
-DEFAULT_GENERALIST_DIR = Path(__file__).parent / "assets" / "default"
 
 #: SD3-medium's transformer config (2.03 B parameters), as published with the base model.
 SD3_MEDIUM_TRANSFORMER_CONFIG: dict[str, Any] = {
@@ -61,6 +60,9 @@ DICEPTION_TASK_PROMPTS: dict[str, str] = {
     "semantic": "[[image2semantic]]",
     "entity": "[[image2entity]]",
 }
+
+#: How a generalist is sampled when its caller says nothing: as DICEPTION is (see `adaptkit.sampling`).
+_FLOW = SAMPLER_DEFAULTS["flow"]
 
 #: The five top-level keys of `DICEPTION_v1.pth`.
 CHECKPOINT_KEYS = ("transformer", "point_embedder", "not_seg_embeddings", "seg_embeddings",
@@ -257,7 +259,7 @@ class Generalist(nn.Module):
         return embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype)
 
     def sample_latents(self, condition: torch.Tensor, prompt_embeds: torch.Tensor, pooled: torch.Tensor,
-                       noise: torch.Tensor, steps: int = 28, guidance: float = 2.0,
+                       noise: torch.Tensor, steps: int = _FLOW["steps"], guidance: float = _FLOW["guidance"],
                        points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
                        ) -> torch.Tensor:
         """Flow-matching Euler sampling from `noise` (SD3's shift-3 schedule), with optional guidance.
@@ -265,34 +267,32 @@ class Generalist(nn.Module):
         Guidance is applied only above 1.0 (as the release does): the unconditional branch keeps the
         condition latent, uses the empty prompt and literal zero point tokens, batched [uncond, cond].
         """
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
-        scheduler.set_timesteps(steps, device=noise.device)
         batch = noise.shape[0]
         if points is None:
             points = noise.new_full((batch, MAX_POINTS, 2), -1.0)
             point_labels = torch.zeros(batch, MAX_POINTS, dtype=torch.long, device=noise.device)
-        use_guidance = guidance > 1.0
-        if use_guidance:
-            null_embeds, null_pooled = self.encode_prompts([""])
-            prompt_embeds = torch.cat([null_embeds.expand_as(prompt_embeds), prompt_embeds])
-            pooled = torch.cat([null_pooled.expand_as(pooled), pooled])
-            condition, points, point_labels = (torch.cat([x, x]) for x in (condition, points, point_labels))
-        null_points = torch.arange(condition.shape[0], device=noise.device) < batch if use_guidance else None
-        latents = noise
-        for t in scheduler.timesteps:
-            model_input = torch.cat([latents, latents]) if use_guidance else latents
-            velocity = self.denoiser(model_input, condition, t.expand(model_input.shape[0]), prompt_embeds,
-                                     pooled, points, point_labels, null_points)
-            if use_guidance:
-                uncond, cond = velocity.chunk(2)
-                velocity = uncond + guidance * (cond - uncond)
-            latents = scheduler.step(velocity, t, latents).prev_sample
-        return latents
+        if guidance <= 1.0:
+            def denoise(latents: torch.Tensor, condition: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+                return self.denoiser(latents, condition, timesteps, prompt_embeds, pooled, points, point_labels)
+
+            return euler_sample(self.scheduler.config, denoise, condition, noise, steps)
+        null_embeds, null_pooled = self.encode_prompts([""])
+        prompt_embeds = torch.cat([null_embeds.expand_as(prompt_embeds), prompt_embeds])
+        pooled = torch.cat([null_pooled.expand_as(pooled), pooled])
+        points, point_labels = torch.cat([points, points]), torch.cat([point_labels, point_labels])
+        null_points = torch.arange(2 * batch, device=noise.device) < batch
+
+        def guided(latents: torch.Tensor, condition: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+            uncond, cond = self.denoiser(torch.cat([latents, latents]), torch.cat([condition, condition]),
+                                         torch.cat([timesteps, timesteps]), prompt_embeds, pooled, points,
+                                         point_labels, null_points).chunk(2)
+            return uncond + guidance * (cond - uncond)
+
+        return euler_sample(self.scheduler.config, guided, condition, noise, steps)
 
     def predict_latents(self, mean: torch.Tensor, std: torch.Tensor, seeds: Sequence[int], prompt_embeds: torch.Tensor,
-                        pooled: torch.Tensor, steps: int = 28, guidance: float = 2.0, deterministic: bool = False,
+                        pooled: torch.Tensor, steps: int = _FLOW["steps"], guidance: float = _FLOW["guidance"],
+                        deterministic: bool = False,
                         points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
                         ) -> torch.Tensor:
         """Sample prediction latents from the condition images' posteriors (`encode_posterior`).
@@ -317,8 +317,9 @@ class Generalist(nn.Module):
 
     @torch.inference_mode()
     def predict(self, images: ImageLike | Sequence[ImageLike], prompt: str,
-                points: Sequence[Sequence[Sequence[float]] | None] | None = None, steps: int = 28,
-                guidance: float = 2.0, seed: int = 0, batch_size: int = 4, deterministic: bool = False,
+                points: Sequence[Sequence[Sequence[float]] | None] | None = None, steps: int = _FLOW["steps"],
+                guidance: float = _FLOW["guidance"], seed: int = SHARED_DEFAULTS["seed"],
+                batch_size: int = SHARED_DEFAULTS["batch_size"], deterministic: bool = False,
                 progress: bool = True) -> list[Prediction]:
         """Colour-encoded predictions for `images` under a task `prompt`.
 
@@ -606,27 +607,11 @@ def _load_prompt_encoder(folder: Path, max_sequence_length: int, load_text_encod
     return PromptEncoder(**encoders, **tokenizers, max_sequence_length=max_sequence_length, cache=cache)
 
 
-def load_generalist(name: str | Path, device: torch.device | str | None = None,
-                    dtype: torch.dtype | None = None, **kwargs: Any) -> Generalist:
-    """The generalist a recipe or command names.
+def __getattr__(name: str) -> Any:
+    """`load_generalist` and `DEFAULT_GENERALIST_DIR` live in `adaptkit.bases` (which imports this module);
+    they stay importable from here, as they were."""
+    if name in ("load_generalist", "DEFAULT_GENERALIST_DIR"):
+        from adaptkit import bases
 
-    `default`: the small generalist shipped inside adaptkit, pretrained on the synthetic world;
-    `tiny`: a small random model built from configs (tests, smoke runs); `diception`: the released
-    model (SD3-medium base + DICEPTION_v1.pth; `base=` and `weights=` override where they come from);
-    anything else: an adaptkit generalist folder or Hub repo id.
-    """
-    if str(name) == "tiny":
-        from adaptkit.tiny import build_tiny_generalist
-
-        generalist = build_tiny_generalist()
-        if not kwargs.get("load_text_encoders", True):
-            generalist.prompts.drop_text_encoders()
-        return generalist.to_runtime(device, dtype)
-    if str(name) == "diception":
-        return Generalist.from_diception(device=device, dtype=dtype, **kwargs)
-    if str(name) == "default":
-        if not (DEFAULT_GENERALIST_DIR / GENERALIST_CONFIG_FILE).is_file():
-            raise CheckpointError(f"the embedded default generalist is missing from {DEFAULT_GENERALIST_DIR}; "
-                                  "reinstall adaptkit, or build it with `adaptkit pretrain` (see the README)")
-        name = DEFAULT_GENERALIST_DIR
-    return Generalist.from_pretrained(name, device=device, dtype=dtype, **kwargs)
+        return getattr(bases, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,37 +20,34 @@ import numpy as np
 from PIL import Image
 
 from adaptkit.adapters import AdaptedModel, AdapterError, combine_ensemble
+from adaptkit.bases import load_generalist
 from adaptkit.codecs import build_codec
 from adaptkit.data import Sample
 from adaptkit.errors import FileError
 from adaptkit.files import writable_folder
-from adaptkit.generalist import Generalist, load_generalist
+from adaptkit.generalist import Generalist
 from adaptkit.images import IMAGE_SUFFIXES, to_pil, to_rgb_array
 from adaptkit.metrics import build_codec_metrics
-
-#: A generalist's own tasks, usable with no adapter: task -> codec (prompts come from the generalist).
-BUILTIN_CODECS = {"depth": "depth", "normal": "normals", "normals": "normals", "entity": "instances",
-                  "segmentation": "binary_mask", "point_segmentation": "binary_mask", "semantic": "binary_mask"}
-#: Task names that are aliases of a generalist's prompt key (the synthetic world's task names among them).
-_PROMPT_KEYS = {"normals": "normal", "point_segmentation": "segmentation"}
+from adaptkit.tasks import builtin_task_names, find_builtin_task
 
 
 def builtin_task(generalist: Generalist | str, task: str, class_name: str = "") -> AdaptedModel:
-    """A generalist's built-in task as an `AdaptedModel` with no adapter (the zero-shot baseline).
+    """A generalist's built-in task (`adaptkit.tasks`) as an `AdaptedModel` with no adapter (the zero-shot
+    baseline).
 
     `semantic` takes a class name, as DICEPTION's prompt does (`[[image2semantic]] person`).
     """
     if isinstance(generalist, str):
         generalist = load_generalist(generalist)
     prompts = generalist.config.task_prompts
-    if _PROMPT_KEYS.get(task, task) not in prompts or task not in BUILTIN_CODECS:
+    found = find_builtin_task(task)
+    if found is None or found.prompt_key not in prompts:
+        known = [name for name in builtin_task_names() if find_builtin_task(name).prompt_key in prompts]
         raise AdapterError(f"task {task!r} is not a built-in task of {generalist.config.name}; built-in tasks: "
-                           f"{', '.join(t for t in BUILTIN_CODECS if _PROMPT_KEYS.get(t, t) in prompts)}")
-    prompt = prompts[_PROMPT_KEYS.get(task, task)]
-    prompt = f"{prompt} {class_name}".strip() if task == "semantic" else prompt
-    objective = generalist.config.objective
-    inference = {"steps": 1, "guidance": 1.0} if objective == "single_step" else {"steps": 28, "guidance": 2.0}
-    return AdaptedModel(generalist, build_codec(BUILTIN_CODECS[task]), prompt, objective, inference)
+                           f"{', '.join(known)}")
+    # no inference settings: the model samples with its objective's defaults (adaptkit.sampling)
+    return AdaptedModel(generalist, build_codec(found.codec), found.prompt(prompts, class_name),
+                        generalist.config.objective)
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,10 +32,12 @@ from tqdm.auto import tqdm
 from adaptkit.codecs import Instances, build_codec
 from adaptkit.generalist import DICEPTION_TASK_PROMPTS, Generalist
 from adaptkit.images import to_model_batch
-from adaptkit.metrics import build_codec_metrics
+from adaptkit.metrics import build_codec_metrics, default_metric_names
+from adaptkit.sampling import euler_sample
 from adaptkit.synth import SEMANTIC_CLASSES, render_scene, sample_point_prompt
+from adaptkit.tasks import BUILTIN_TASKS
 from adaptkit.tiny import TinySpec, build_tiny_generalist
-from adaptkit.training import OBJECTIVES, Denoise
+from adaptkit.training import OBJECTIVES, Denoise, warmup_cosine
 
 #: The default's architecture: 4 blocks of 4 x 32 heads (2.3 M transformer parameters), 64 px images and
 #: a 4x VAE (16 x 16 x 16 latents): sized so that pretraining fits an afternoon of 2 CPU cores and a
@@ -44,16 +45,6 @@ from adaptkit.training import OBJECTIVES, Denoise
 DEFAULT_SPEC = TinySpec(resolution=64, layers=4, heads=4, head_dim=32, vae_channels=(16, 32, 64),
                         vae_norm_groups=8, clip_dim=32, t5_dim=64, text_layers=1, max_tokens=12,
                         num_frequencies=64, seed=0, name="adaptkit-default")
-
-#: DICEPTION's prompt per pretraining task (semantic adds the class name, as the release does).
-TASK_PROMPTS = {"depth": DICEPTION_TASK_PROMPTS["depth"], "normals": DICEPTION_TASK_PROMPTS["normal"],
-                "entity": DICEPTION_TASK_PROMPTS["entity"], "semantic": DICEPTION_TASK_PROMPTS["semantic"],
-                "point_segmentation": DICEPTION_TASK_PROMPTS["segmentation"]}
-TASK_CODECS = {"depth": "depth", "normals": "normals", "entity": "instances", "semantic": "binary_mask",
-               "point_segmentation": "binary_mask"}
-TASK_METRIC = {"depth": "absrel", "normals": "mean_angle", "entity": "map50", "semantic": "iou",
-               "point_segmentation": "iou"}
-
 
 #: The pretraining stages, in the order they run (`adaptkit pretrain --stages`).
 STAGES = ("vae", "generalist")
@@ -94,17 +85,18 @@ def scene_items(index: int, seed: int, resolution: int) -> tuple[np.ndarray, lis
     """A rendered scene and its examples of every pretraining task (semantic: one per class present)."""
     sample = render_scene(seed * 1_000_003 + index, resolution)
     rng = np.random.default_rng([seed, index])
-    codecs = {task: build_codec(name) for task, name in TASK_CODECS.items()}
+    codecs = {name: build_codec(task.codec) for name, task in BUILTIN_TASKS.items()}
+    prompts = {name: task.prompt(DICEPTION_TASK_PROMPTS) for name, task in BUILTIN_TASKS.items()}
     truths = {"depth": sample.depth, "normals": sample.normals, "entity": Instances.from_label_map(sample.instances)}
-    items = [Item(index, task, TASK_PROMPTS[task], codecs[task].encode(truth), truth) for task, truth in truths.items()]
+    items = [Item(index, task, prompts[task], codecs[task].encode(truth), truth) for task, truth in truths.items()]
     for class_index, name in enumerate(SEMANTIC_CLASSES):
         mask = sample.semantic == class_index
         if name != "background" and mask.any():
-            items.append(Item(index, "semantic", f"{TASK_PROMPTS['semantic']} {name}",
+            items.append(Item(index, "semantic", BUILTIN_TASKS["semantic"].prompt(DICEPTION_TASK_PROMPTS, name),
                               codecs["semantic"].encode(mask), mask))
     if sample.instances.max() > 0:
         points, _, mask = sample_point_prompt(sample, rng, max_points=int(rng.integers(1, 4)))
-        items.append(Item(index, "point_segmentation", TASK_PROMPTS["point_segmentation"],
+        items.append(Item(index, "point_segmentation", prompts["point_segmentation"],
                           codecs["point_segmentation"].encode(mask), mask, [tuple(map(int, p)) for p in points]))
     return sample.image, items
 
@@ -147,13 +139,6 @@ class Checkpoint:
         return self.step
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
-    """Linear warmup then cosine decay, as a plain float (it ends up in the optimiser's saved state)."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
 def _log(path: Path, row: dict) -> None:
     new = not path.is_file()
     with path.open("a", newline="") as handle:
@@ -183,7 +168,7 @@ def run_stage(name: str, model: torch.nn.Module, lr: float, steps: int, warmup: 
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"pretrain {name}", unit="step")
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr * _schedule(step, steps, warmup)
+            group["lr"] = lr * warmup_cosine(step, steps, warmup)
         loss = loss_at(np.random.default_rng([config.seed, stage, step]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -260,7 +245,7 @@ class PretrainData:
         self.points = torch.stack([p for p, _ in normalised])
         self.point_labels = torch.stack([label for _, label in normalised])
         self.by_task = {task: np.array([i for i, item in enumerate(items) if item.task == task])
-                        for task in TASK_PROMPTS}
+                        for task in BUILTIN_TASKS}
 
     def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         rows_t = torch.from_numpy(rows)
@@ -293,8 +278,9 @@ def evaluate(generalist: Generalist, data: PretrainData, objective: str, limit: 
     results = {}
     for task, rows in data.by_task.items():
         rows = rows[:limit]
-        codec = build_codec(TASK_CODECS[task])
-        metric = build_codec_metrics(codec, [TASK_METRIC[task]])
+        codec = build_codec(BUILTIN_TASKS[task].codec)
+        headline = default_metric_names(codec)[0]
+        metric = build_codec_metrics(codec, [headline])
         for start in range(0, len(rows), 32):
             batch = data.batch(rows[start:start + 32])
             denoise = make_denoise(generalist, data, batch)
@@ -303,26 +289,13 @@ def evaluate(generalist: Generalist, data: PretrainData, objective: str, limit: 
             noise = torch.zeros_like(condition) if deterministic else torch.randn(
                 condition.shape, generator=torch.Generator().manual_seed(start))
             steps = 1 if deterministic else 8
-            latents = _euler(generalist, denoise, condition, noise, steps)
+            latents = euler_sample(generalist.scheduler.config, denoise, condition, noise, steps)
             images = generalist.decode_latents(latents).permute(0, 2, 3, 1).numpy()
             for row, image in zip(rows[start:start + 32], images, strict=True):
                 metric.update(codec.decode(image), data.items[row].truth)
-        results[f"{task}/{TASK_METRIC[task]}"] = float(next(iter(metric.compute().values())))
+        results[f"{task}/{headline}"] = float(next(iter(metric.compute().values())))
     generalist.train()
     return results
-
-
-def _euler(generalist: Generalist, denoise: Denoise, condition: torch.Tensor, noise: torch.Tensor,
-           steps: int) -> torch.Tensor:
-    """The generalist's flow-matching Euler sampler with per-row prompts bound into `denoise`."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(generalist.scheduler.config)
-    scheduler.set_timesteps(steps)
-    latents = noise
-    for t in scheduler.timesteps:
-        latents = scheduler.step(denoise(latents, condition, t.expand(len(latents))), t, latents).prev_sample
-    return latents
 
 
 def train_generalist(generalist: Generalist, config: PretrainConfig, out: Path) -> dict[str, float]:
@@ -370,8 +343,8 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tupl
     generalist.config.description = (
         f"adaptkit's embedded default: {spec.layers} x {spec.heads * spec.head_dim} SD3 transformer pretrained "
         f"with the {config.objective} objective on the synthetic world ({config.scenes} scenes, {config.steps} steps)")
-    generalist.config.task_prompts = {task: DICEPTION_TASK_PROMPTS[task] for task in
-                                      ("depth", "normal", "entity", "semantic", "segmentation")}
+    generalist.config.task_prompts = {task.prompt_key: DICEPTION_TASK_PROMPTS[task.prompt_key]
+                                      for task in BUILTIN_TASKS.values()}
     generalist.config.objective = config.objective
     generalist.save_pretrained(out / "default")
     (out / "default" / "pretraining.json").write_text(json.dumps({"config": asdict(config), "zero_shot": report},

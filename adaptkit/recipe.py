@@ -23,6 +23,7 @@ import yaml
 
 from adaptkit.errors import AdaptkitError
 from adaptkit.files import read_yaml, yaml_problem
+from adaptkit.sampling import SAMPLER_DEFAULTS, SHARED_DEFAULTS, sampling_allowed
 
 
 class RecipeError(AdaptkitError, ValueError):
@@ -107,11 +108,11 @@ class TrainSection:
 class InferenceSection:
     """How predictions are sampled (a single-step adapter only accepts steps 1, guidance 1)."""
 
-    steps: int = 1
-    guidance: float = 1.0
-    ensemble: int = 1
-    batch_size: int = 8
-    seed: int = 0
+    steps: int = SAMPLER_DEFAULTS["single_step"]["steps"]  # the default objective's: see TrainSection
+    guidance: float = SAMPLER_DEFAULTS["single_step"]["guidance"]
+    ensemble: int = SHARED_DEFAULTS["ensemble"]
+    batch_size: int = SHARED_DEFAULTS["batch_size"]
+    seed: int = SHARED_DEFAULTS["seed"]
 
 
 @dataclass
@@ -358,7 +359,7 @@ def _validate(recipe: Recipe) -> None:
             raise RecipeError(f"{where}: {message}")
     _validate_targets(recipe.adapter.targets, where)
     _validate_trainer(recipe.train, where)
-    if recipe.train.objective == "single_step" and (recipe.inference.steps, recipe.inference.guidance) != (1, 1.0):
+    if not sampling_allowed(recipe.train.objective, recipe.inference.steps, recipe.inference.guidance):
         raise RecipeError(
             f"{where}: train.objective single_step predicts in one deterministic pass, so inference.steps must "
             f"be 1 and inference.guidance 1.0 (got {recipe.inference.steps}, {recipe.inference.guidance}); "

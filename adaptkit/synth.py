@@ -37,6 +37,7 @@ from scipy import ndimage
 
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.images import to_rgb_array
+from adaptkit.tasks import BUILTIN_TASKS
 
 __all__ = [
     "FAR_DEPTH",
@@ -520,14 +521,18 @@ class SynthTask:
         return getattr(sample, self.field), None
 
 
+#: Where each of the generalist's built-in tasks (`adaptkit.tasks`) finds its target in a ``SceneSample``.
+_SCENE_FIELDS = {"depth": "depth", "normals": "normals", "entity": "instances", "semantic": "semantic",
+                 "point_segmentation": "instances"}
+#: A data set stores ``semantic`` as the whole label map (the ``semantic`` codec, every class at once), which
+#: the generalist answers one class per prompt (its built-in task's ``binary_mask``).
+_STORED_CODECS = {"semantic": "semantic"}
+
 TASKS: dict[str, SynthTask] = {
     task.name: task
     for task in (
-        SynthTask("depth", "depth", "depth", "pretraining"),
-        SynthTask("normals", "normals", "normals", "pretraining"),
-        SynthTask("entity", "instances", "instances", "pretraining"),
-        SynthTask("semantic", "semantic", "semantic", "pretraining"),
-        SynthTask("point_segmentation", "instances", "binary_mask", "pretraining", prompted=True),
+        *(SynthTask(name, _SCENE_FIELDS[name], _STORED_CODECS.get(name, builtin.codec), "pretraining",
+                    prompted=builtin.point_prompted) for name, builtin in BUILTIN_TASKS.items()),
         SynthTask("shadow", "shadow", "binary_mask", "heldout"),
         SynthTask("nearest", "nearest", "binary_mask", "heldout"),
         SynthTask("boundaries", "boundaries", "binary_mask", "heldout"),

@@ -35,12 +35,13 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from torch.utils.data import DataLoader
 
+from adaptkit import bases
 from adaptkit.adapters import AdapterMeta, add_lora, count_parameters, save_adapter
 from adaptkit.codecs import Codec
 from adaptkit.data import Sample, Splits, hflip_sample
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import load_torch, writable_folder
-from adaptkit.generalist import MAX_POINTS, Generalist, load_generalist
+from adaptkit.generalist import MAX_POINTS, Generalist
 from adaptkit.images import resize, to_model_batch
 from adaptkit.metrics import HIGHER_IS_BETTER, build_codec_metrics, default_metric_names
 from adaptkit.preflight import preflight
@@ -219,6 +220,15 @@ def _draw(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> 
 
 
 # ------------------------------------------------------------------------ the Lightning module
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """The learning-rate factor at `step`: linear warmup over `warmup` steps, then cosine decay to zero at
+    `total`. A plain float of the step alone, so adapter training and pretraining share it and a resumed
+    run continues on the same curve."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
 class AdapterModule(L.LightningModule):
     """The frozen generalist with trainable LoRA layers: training steps touch only the denoiser."""
 
@@ -288,13 +298,8 @@ class AdapterModule(L.LightningModule):
         parameters = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
 
-        def schedule(step: int) -> float:  # linear warmup, then cosine decay to zero
-            if step < train.warmup:
-                return (step + 1) / (train.warmup + 1)
-            progress = (step - train.warmup) / max(1, train.steps - train.warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, train.steps, train.warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -574,11 +579,10 @@ def load_base(recipe: Recipe) -> Generalist:
     Under bf16-mixed the frozen weights are bf16 too (LoRA weights stay fp32), which is what lets
     SD3-medium train in 24 GB; the VAE encodes the data set on that device.
     """
-    base, train_cfg = recipe.base, recipe.train
-    extra = {"base": base.sd3, "weights": base.weights} if base.generalist == "diception" else {}
+    train_cfg = recipe.train
     dtype = torch.bfloat16 if _precision(train_cfg.precision, train_cfg.accelerator) == "bf16-mixed" else torch.float32
     device = "cuda" if _uses_gpu(train_cfg.accelerator) else "cpu"
-    return load_generalist(base.generalist, device=device, dtype=dtype, **extra)
+    return bases.load_base(recipe.base, device=device, dtype=dtype)
 
 
 def _check_resume(recipe: Recipe, out: Path, resume: bool, last_checkpoint: Path) -> int:

@@ -21,9 +21,10 @@ import transformers
 from diffusers import SD3Transformer2DModel
 
 from adaptkit.adapters import AdaptedModel
+from adaptkit.bases import load_generalist
 from adaptkit.codecs import build_codec
 from adaptkit.data import Sample, check_all, load_splits
-from adaptkit.generalist import Generalist, InContextDenoiser, PointPromptEncoder, load_generalist
+from adaptkit.generalist import Generalist, InContextDenoiser, PointPromptEncoder
 from adaptkit.recipe import Recipe, load_recipe
 
 #: The held-out synthetic tasks (binary masks the default never saw) and the prompts their adapters answer.

@@ -24,8 +24,8 @@ import torch
 from _common import PeakRSS, print_table, write_report
 
 from adaptkit.adapters import AdaptedModel, AdapterMeta, add_lora, load_adapters, save_adapter
+from adaptkit.bases import load_generalist
 from adaptkit.codecs import build_codec
-from adaptkit.generalist import load_generalist
 from adaptkit.recipe import load_recipe
 
 

@@ -54,9 +54,8 @@ from adaptkit.data import Sample, check_all, hflip_sample, load_splits
 from adaptkit.images import resize, to_model_batch
 from adaptkit.inference import evaluate
 from adaptkit.metrics import build_codec_metrics
-from adaptkit.pretrain import _schedule  # train()'s warmup + cosine, as a plain function
 from adaptkit.recipe import Recipe, TrainSection
-from adaptkit.training import OBJECTIVES, encode_samples, train
+from adaptkit.training import OBJECTIVES, encode_samples, train, warmup_cosine
 
 #: Single-step sampling, as every adapter here is trained (and as train() validates).
 SINGLE_STEP = {"steps": 1, "guidance": 1.0, "batch_size": 32}
@@ -90,7 +89,7 @@ def optimise(parameters: list[torch.nn.Parameter], loss_of: Callable[[torch.Tens
     started = time.perf_counter()
     for step in range(train_cfg.steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr * _schedule(step, train_cfg.steps, train_cfg.warmup)
+            group["lr"] = lr * warmup_cosine(step, train_cfg.steps, train_cfg.warmup)
         rng = np.random.default_rng([train_cfg.seed, 0, step, 0])
         indices = torch.from_numpy(rng.integers(0, rows, train_cfg.batch_size))
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
