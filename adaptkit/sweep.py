@@ -297,10 +297,8 @@ def run_trials(recipe: Recipe, study: optuna.Study, out: Path, base: Generalist,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-trial checkpoint chatter
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*LeafSpec")  # Lightning's own, once per trial
-            study.optimize(objective, catch=(Exception,), gc_after_trial=True,
-                           callbacks=[MaxTrialsCallback(trials, states=COUNTED), stop_when_all_fail, show])
+        study.optimize(objective, catch=(Exception,), gc_after_trial=True,
+                       callbacks=[MaxTrialsCallback(trials, states=COUNTED), stop_when_all_fail, show])
     finally:
         bar.close()
 

@@ -393,6 +393,18 @@ class SaveLast(L.Callback):
 
 
 @contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's warnings about what adaptkit does on purpose, so a run prints what matters."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")  # the frozen parts
+        warnings.filterwarnings("ignore", message=r".*Previous log files")  # the log is restored: _merge_log
+        # batches are a function of the step alone (training_step), so a mid-epoch checkpoint resumes exactly
+        warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+        warnings.filterwarnings("ignore", message=r".*LeafSpec")  # Lightning's own deprecation, not ours
+        yield
+
+
+@contextlib.contextmanager
 def _stop_on_signals(save_last: SaveLast) -> Iterator[None]:
     """Ctrl-C and SIGTERM (what a cluster scheduler sends) ask `save_last` to stop at the end of the batch; a
     second Ctrl-C stops at once. Lightning alone stops on SIGTERM only at the end of an epoch (a run here is
@@ -544,32 +556,29 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
     (out / "recipe.yaml").write_text(recipe.to_yaml())
     log = out / "logs" / "metrics.csv"
     earlier_log = [row for row in _read_log(log) if int(row["step"]) < resume_step] if resume else []
-    if not resume and len(val_set):
-        trainer.validate(module, val_loader, verbose=False)  # the zero-shot point of the curve
-    try:
-        with warnings.catch_warnings(), _stop_on_signals(save_last):
-            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")  # frozen parts, on purpose
-            warnings.filterwarnings("ignore", message=r".*Previous log files")  # the log is restored: _merge_log
-            # batches are a function of the step alone (training_step), so a mid-epoch checkpoint resumes exactly
-            warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
-            trainer.fit(module, train_loader, val_loader if len(val_set) else None,
-                        ckpt_path=str(last_checkpoint) if resume else None, weights_only=True)
-    except SystemExit as stop:  # Lightning exits after saving on Ctrl-C / SIGTERM (see SaveLast)
-        if not trainer.interrupted:
-            raise
-        source = recipe.source if Path(recipe.source).is_file() else "RECIPE"
-        raise TrainingInterrupted(
-            f"training interrupted at step {trainer.global_step} of {train_cfg.steps}; the run is saved in {out} "
-            f"({last_checkpoint}). Resume it with: adaptkit train {source} --out {out} --resume") from stop
-    finally:  # also after a non-finite loss or an interruption: the last good adapter, metrics and curve stay
-        if trainer.global_step % train_cfg.val_every and len(val_set) and not trainer.interrupted:
-            trainer.validate(module, val_loader, verbose=False)  # the final point, when steps % val_every != 0
-        if resume:
-            _merge_log(log, earlier_log, resume_step)
-        # under DDP every rank runs this; only rank 0 holds the best metrics, so only it writes the record
-        metrics = _finish(out, keep_best, module, meta) if trainer.is_global_zero else dict(meta.metrics)
-        generalist.denoiser = generalist.denoiser.unload()  # a shared generalist (sweep trials) leaves unchanged
-        base_denoiser.gradient_checkpointing = False
+    with _quiet_lightning():
+        if not resume and len(val_set):
+            trainer.validate(module, val_loader, verbose=False)  # the zero-shot point of the curve
+        try:
+            with _stop_on_signals(save_last):
+                trainer.fit(module, train_loader, val_loader if len(val_set) else None,
+                            ckpt_path=str(last_checkpoint) if resume else None, weights_only=True)
+        except SystemExit as stop:  # Lightning exits after saving on Ctrl-C / SIGTERM (see SaveLast)
+            if not trainer.interrupted:
+                raise
+            source = recipe.source if Path(recipe.source).is_file() else "RECIPE"
+            raise TrainingInterrupted(
+                f"training interrupted at step {trainer.global_step} of {train_cfg.steps}; the run is saved in {out} "
+                f"({last_checkpoint}). Resume it with: adaptkit train {source} --out {out} --resume") from stop
+        finally:  # also after a non-finite loss or an interruption: the last good adapter, metrics and curve stay
+            if trainer.global_step % train_cfg.val_every and len(val_set) and not trainer.interrupted:
+                trainer.validate(module, val_loader, verbose=False)  # the final point, when steps % val_every != 0
+            if resume:
+                _merge_log(log, earlier_log, resume_step)
+            # under DDP every rank runs this; only rank 0 holds the best metrics, so only it writes the record
+            metrics = _finish(out, keep_best, module, meta) if trainer.is_global_zero else dict(meta.metrics)
+            generalist.denoiser = generalist.denoiser.unload()  # a shared generalist (sweep trials) leaves unchanged
+            base_denoiser.gradient_checkpointing = False
     return TrainResult(out, out / "adapter", metrics, trainable, base_count, splits)
 
 
