@@ -17,6 +17,7 @@ import pytest
 from hub_server import HubServer
 from huggingface_hub import ModelCard
 from PIL import Image
+from tiny_recipes import shadow_recipe
 
 from adaptkit.adapters import AdaptedModel
 from adaptkit.data import check_all, open_source
@@ -25,15 +26,8 @@ from adaptkit.inference import evaluate, predict_files
 from adaptkit.recipe import load_recipe, recorded_recipe
 from adaptkit.training import train
 
-RECIPE = {
-    "name": "shadow",
-    "task": {"prompt": "[[image2shadow]]", "codec": "binary_mask"},
-    "base": {"generalist": "tiny"},
-    "data": {"source": "synth", "synth_task": "shadow", "synth_resolution": 32, "train_shots": 4, "val_shots": 2,
-             "test_shots": 3},
-    "adapter": {"rank": 4, "alpha": 4},
-    "train": {"steps": 6, "batch_size": 2, "val_every": 6, "warmup": 1, "lr": 1e-2},
-}
+RECIPE = shadow_recipe("shadow", data={"train_shots": 4, "val_shots": 2, "test_shots": 3},
+                       train={"steps": 6, "batch_size": 2, "val_every": 6, "warmup": 1, "lr": 1e-2})
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "adaptkit.json", "prompt_embeds.safetensors",
                  "README.md"}
 

@@ -12,6 +12,7 @@ import yaml
 from huggingface_hub import ModelCard
 from peft import PeftModel
 from PIL import Image
+from tiny_recipes import shadow_recipe
 
 from adaptkit.adapters import AdaptedModel, AdapterMeta, load_adapters
 from adaptkit.card import PIPELINE_TAGS, Evaluation, build_card, card_data
@@ -21,14 +22,8 @@ from adaptkit.recipe import load_recipe
 from adaptkit.tiny import build_tiny_generalist
 from adaptkit.training import train
 
-BASE_RECIPE = {
-    "task": {"prompt": "[[image2shadow]]", "codec": "binary_mask"},
-    "base": {"generalist": "tiny"},
-    "data": {"source": "synth", "synth_task": "shadow", "synth_resolution": 32, "train_shots": 4, "val_shots": 2},
-    "adapter": {"rank": 4, "alpha": 4},
-    "train": {"steps": 6, "batch_size": 2, "val_every": 6, "warmup": 1, "lr": 1e-2, "seed": 0},
-    "inference": {"batch_size": 4},
-}
+BASE_RECIPE = shadow_recipe("shadow", data={"train_shots": 4, "val_shots": 2},
+                            train={"steps": 6, "batch_size": 2, "val_every": 6, "warmup": 1, "lr": 1e-2, "seed": 0})
 
 
 def _write_folder(root: Path, count: int, seed: int) -> Path:

@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 from optuna.trial import TrialState
+from tiny_recipes import shadow_recipe
 
 import adaptkit.generalist as generalist_module
 from adaptkit.cli import main
@@ -27,18 +28,12 @@ from adaptkit.sweep import JOURNAL_FILE, open_storage
 from adaptkit.tiny import build_tiny_generalist
 from adaptkit.training import train
 
-RECIPE = {
-    "name": "sweep-test",
-    "task": {"prompt": "[[image2shadow]]", "codec": "binary_mask"},
-    "base": {"generalist": "tiny"},
-    "data": {"source": "synth", "synth_task": "shadow", "synth_resolution": 32, "train_shots": 6, "val_shots": 4,
-             "test_shots": 4},
-    "adapter": {"rank": 4, "alpha": 4},
-    "train": {"steps": 6, "batch_size": 4, "val_every": 2, "warmup": 1, "lr": 3e-3, "seed": 0},
-    "inference": {"batch_size": 4},
-    "sweep": {"trials": 4, "startup_trials": 1, "metric": "iou",
-              "space": {"train.lr": {"low": 1e-4, "high": 3e-2, "log": True}, "adapter.rank": [2, 4]}},
-}
+RECIPE = shadow_recipe(
+    "sweep-test", data={"train_shots": 6, "val_shots": 4, "test_shots": 4},
+    train={"steps": 6, "batch_size": 4, "val_every": 2, "warmup": 1, "lr": 3e-3, "seed": 0},
+    sweep={"trials": 4, "startup_trials": 1, "metric": "iou",
+           "space": {"train.lr": {"low": 1e-4, "high": 3e-2, "log": True}, "adapter.rank": [2, 4]}},
+)
 
 
 def write_recipe(folder: Path, **sections) -> Path:

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny_recipes import shadow_recipe
 
 from adaptkit.adapters import AdaptedModel, AdapterError, resolve_targets
 from adaptkit.data import check_all, open_source
@@ -24,15 +25,8 @@ from adaptkit.recipe import load_recipe
 from adaptkit.tiny import TinySpec, build_tiny_generalist
 from adaptkit.training import SingleStep, TrainingError, TrainingInterrupted, train
 
-RECIPE = {
-    "name": "shadow-test",
-    "task": {"prompt": "[[image2shadow]]", "codec": "binary_mask"},
-    "base": {"generalist": "tiny"},
-    "data": {"source": "synth", "synth_task": "shadow", "synth_resolution": 32, "train_shots": 6, "val_shots": 4},
-    "adapter": {"rank": 4, "alpha": 4},
-    "train": {"steps": 8, "batch_size": 4, "val_every": 4, "warmup": 2, "lr": 3e-3, "seed": 0},
-    "inference": {"batch_size": 4},
-}
+RECIPE = shadow_recipe("shadow-test", data={"train_shots": 6, "val_shots": 4},
+                       train={"steps": 8, "batch_size": 4, "val_every": 4, "warmup": 2, "lr": 3e-3, "seed": 0})
 
 
 def recipe(**overrides):
