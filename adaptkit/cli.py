@@ -128,8 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from adaptkit.data import DataError, check_all, open_source
     from adaptkit.inference import evaluate
-    from adaptkit.preflight import metric_names
-    from adaptkit.recipe import DataSection, recorded_recipe
+    from adaptkit.recipe import DataSection, metric_names, recorded_recipe
 
     model = _load_model(args.adapter, args.task, args.base, args.class_name)
     # the recorded recipe says how the adapter was made, not what this machine holds: never re-validated

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.data import DataSource, Sample, Splits, check_all, load_splits
-from adaptkit.metrics import build_codec_metrics
 from adaptkit.recipe import Recipe, RecipeError
 
 
@@ -27,25 +26,6 @@ class Preflight:
     splits: Splits
     samples: dict[str, list[Sample]]
     warnings: list[str] = field(default_factory=list)
-
-
-def metric_names(codec: Codec, names: list[str] | None, key: str) -> list[str]:
-    """The names `build_codec_metrics` will report for `names` (None: the codec's defaults); an unknown name is
-    a RecipeError naming `key` and listing the codec's metrics."""
-    try:
-        return list(build_codec_metrics(codec, names).keys())
-    except (ValueError, TypeError) as error:
-        raise RecipeError(f"{key}: {error}") from None
-
-
-def check_monitor(recipe: Recipe, codec: Codec) -> None:
-    where = recipe.source
-    evaluated = metric_names(codec, recipe.eval.metrics or None, f"{where}: eval.metrics")
-    monitor = recipe.train.monitor
-    if monitor and monitor not in evaluated:
-        metric_names(codec, [monitor], f"{where}: train.monitor")  # an unknown name: lists the codec's metrics
-        raise RecipeError(f"{where}: train.monitor {monitor!r} is not among the validation metrics "
-                          f"({', '.join(evaluated)}); add it to eval.metrics or monitor one of them")
 
 
 def _devices_asked(devices: str | int) -> int:
@@ -112,7 +92,6 @@ def suspicious(recipe: Recipe, train_images: int) -> list[str]:
 def preflight(recipe: Recipe, decode: tuple[str, ...] = ("train", "val")) -> Preflight:
     """Check the recipe against its codec, this machine and its data, decoding the `decode` splits."""
     codec = build_codec(recipe.task.codec, recipe.task.codec_args)
-    check_monitor(recipe, codec)
     check_machine(recipe)
     source, splits = load_splits(recipe.data, codec)
     chosen = {name: getattr(splits, name) for name in decode}

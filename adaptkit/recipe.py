@@ -374,9 +374,10 @@ def _validate(recipe: Recipe) -> None:
 
 def _validate_task(recipe: Recipe) -> None:
     """What only the codec knows: its arguments build it, the objective can learn its encoding, and the
-    metrics named in eval.metrics exist for it. Cheap (no model, no data), so mistakes surface at `check`."""
+    metrics named in eval.metrics and train.monitor exist for it. Cheap (no model, no data), so mistakes
+    surface at `check`."""
     from adaptkit.codecs import CodecError, build_codec
-    from adaptkit.metrics import build_codec_metrics, default_metric_names
+    from adaptkit.metrics import default_metric_names
 
     where = recipe.source
     try:
@@ -390,10 +391,23 @@ def _validate_task(recipe: Recipe) -> None:
             "which train.objective single_step cannot learn: one deterministic pass predicts their blurred "
             "average. Use train.objective=flow (sampled in several steps, e.g. inference.steps=8), which draws "
             "them as DICEPTION does")
+    evaluated = metric_names(codec, recipe.eval.metrics or None, f"{where}: eval.metrics")
+    monitor = recipe.train.monitor
+    if monitor and monitor not in evaluated:
+        metric_names(codec, [monitor], f"{where}: train.monitor")  # an unknown name: lists the codec's metrics
+        raise RecipeError(f"{where}: train.monitor {monitor!r} is not among the validation metrics "
+                          f"({', '.join(evaluated)}); add it to eval.metrics or monitor one of them")
+
+
+def metric_names(codec: Any, names: list[str] | None, key: str) -> list[str]:
+    """The names `build_codec_metrics` will report for `names` (None: the codec's defaults); an unknown name is
+    a RecipeError naming `key` and listing the codec's metrics."""
+    from adaptkit.metrics import build_codec_metrics
+
     try:
-        build_codec_metrics(codec, recipe.eval.metrics or None)
-    except ValueError as error:
-        raise RecipeError(f"{where}: eval.metrics: {error}") from None
+        return list(build_codec_metrics(codec, names).keys())
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"{key}: {error}") from None
 #: Above this the latent grid alone outgrows any accelerator (65536 px would ask for ~51 GB in one layer).
 MAX_RESOLUTION = 4096
 

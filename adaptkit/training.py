@@ -514,8 +514,6 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
     precision = _precision(train_cfg.precision, train_cfg.accelerator)
     if generalist is None:
         generalist = load_base(recipe)
-    if recipe.base.resolution:
-        generalist.config.resolution = recipe.base.resolution
     # 3. prompts and latents, once; then the text encoders go
     generalist.prompts.encode([recipe.task.prompt, ""])
     generalist.prompts.drop_text_encoders()
