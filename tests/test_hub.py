@@ -22,12 +22,18 @@ from tiny_recipes import shadow_recipe
 from adaptkit.adapters import AdaptedModel
 from adaptkit.data import check_all, open_source
 from adaptkit.hub import HubError, push, refuse_unsafe
-from adaptkit.inference import evaluate, predict_files
+from adaptkit.inference import evaluate
 from adaptkit.recipe import load_recipe, recorded_recipe
 from adaptkit.training import train
 
 RECIPE = shadow_recipe("shadow", data={"train_shots": 4, "val_shots": 2, "test_shots": 3},
                        train={"steps": 6, "batch_size": 2, "val_every": 6, "warmup": 1, "lr": 1e-2})
+# the Python API in a client process: argv is ADAPTER INPUTS OUT.npy
+PREDICT_ENCODED = ("import sys, numpy as np; from pathlib import Path; from adaptkit import AdaptedModel; "
+                   "model = AdaptedModel.from_pretrained(sys.argv[1]); "
+                   "images = sorted(Path(sys.argv[2]).glob('*.png')); "
+                   "np.save(sys.argv[3], np.stack([m[0].image for m in "
+                   "model.predict_encoded(images, progress=False)]))")
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "adaptkit.json", "prompt_embeds.safetensors",
                  "README.md"}
 
@@ -41,8 +47,12 @@ def hub():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A tiny trained adapter, evaluated on its test split, and reference predictions made from the folder."""
+def run(hub, tmp_path_factory) -> Path:
+    """A tiny trained adapter, evaluated on its test split, and reference predictions made from the folder.
+
+    The references come from a client process like the pulls they are compared with: the same thread count
+    gives the same float sums, so the comparison can be exact.
+    """
     out = tmp_path_factory.mktemp("hub") / "run"
     result = train(load_recipe(RECIPE), out, progress=False)
     model = AdaptedModel.from_pretrained(result.adapter)
@@ -51,9 +61,13 @@ def run(tmp_path_factory) -> Path:
     (out / "inputs").mkdir()
     for sample in test:
         Image.fromarray((sample.image * 255).astype(np.uint8)).save(out / "inputs" / f"{sample.id}.png")
-    predict_files(model, [str(out / "inputs")], out / "reference", raw=True, progress=False)
-    np.save(out / "reference.npy", np.stack([m[0].image for m in model.predict_encoded(
-        sorted((out / "inputs").glob("*.png")), progress=False)]))
+    home = out / "local-home"
+    made = client(hub, home, "predict", str(result.adapter), str(out / "inputs"), "--raw", "--out",
+                  str(out / "reference"), token=None, offline=True)
+    assert made.returncode == 0, made.stderr
+    made = client(hub, home, str(result.adapter), str(out / "inputs"), str(out / "reference.npy"), token=None,
+                  offline=True, python=PREDICT_ENCODED)
+    assert made.returncode == 0, made.stderr
     return out
 
 
@@ -105,12 +119,8 @@ def test_push_pull_offline_round_trip(hub, run, tmp_path):
 
     # offline afterwards: the Python API from the cache, with no request reaching the Hub
     seen = len(hub.requests)
-    offline = client(hub, home, str(run / "inputs"), str(tmp_path / "offline.npy"), token=None, offline=True,
-                     python="import sys, numpy as np; from pathlib import Path; from adaptkit import AdaptedModel; "
-                            "model = AdaptedModel.from_pretrained('alice/shadow'); "
-                            "images = sorted(Path(sys.argv[1]).glob('*.png')); "
-                            "np.save(sys.argv[2], np.stack([m[0].image for m in "
-                            "model.predict_encoded(images, progress=False)]))")
+    offline = client(hub, home, "alice/shadow", str(run / "inputs"), str(tmp_path / "offline.npy"), token=None,
+                     offline=True, python=PREDICT_ENCODED)
     assert offline.returncode == 0, offline.stderr
     assert len(hub.requests) == seen
     np.testing.assert_array_equal(np.load(tmp_path / "offline.npy"), np.load(run / "reference.npy"))
