@@ -363,7 +363,7 @@ class SynthSource:
 
     def load(self, id: str) -> Sample:
         rng = np.random.default_rng([self.seed, int(id)])  # write_dataset's derivation of item i
-        scene = synth.render_scene(int(rng.integers(2**62)), self.resolution)
+        scene = self.task.render(int(rng.integers(2**62)), self.resolution)
         target, points = self.task.target(scene, rng)
         where = f"synth task {self.task.name} item {id}"
         return Sample(id, scene.image, _checked(self.codec, target, where),

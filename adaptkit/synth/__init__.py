@@ -1,0 +1,35 @@
+"""The procedural perception world: seeded renderers of image families and the tasks drawn from them.
+
+No real images or weights can be downloaded where adaptkit is developed and tested, so the small
+generalist is pretrained on images rendered here, and the few-shot tasks it is adapted to are held-out
+targets (and held-out families) of the same world. One module per family (`scenes`: ray-cast 3D scenes),
+and `tasks`: which task reads which field of which family, and writing tasks as plain data-set folders.
+"""
+
+from adaptkit.synth.scenes import FAR_DEPTH, SEMANTIC_CLASSES, SceneSample, render_batch, render_scene
+from adaptkit.synth.tasks import (
+    HELDOUT_TASKS,
+    PRETRAINING_TASKS,
+    RENDERERS,
+    TASKS,
+    SynthTask,
+    read_pair,
+    sample_point_prompt,
+    write_dataset,
+)
+
+__all__ = [
+    "FAR_DEPTH",
+    "HELDOUT_TASKS",
+    "PRETRAINING_TASKS",
+    "RENDERERS",
+    "SEMANTIC_CLASSES",
+    "TASKS",
+    "SceneSample",
+    "SynthTask",
+    "read_pair",
+    "render_batch",
+    "render_scene",
+    "sample_point_prompt",
+    "write_dataset",
+]
