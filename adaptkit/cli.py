@@ -275,18 +275,38 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    """`--device NAME` checked before anything loads: a torch device name this machine has."""
+    import torch
+
+    from adaptkit.recipe import RecipeError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RecipeError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise RecipeError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    return str(device)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain (or resume pretraining) the embedded default generalist on the synthetic world."""
-    from adaptkit.pretrain import STAGES, PretrainConfig, pretrain
-    from adaptkit.recipe import RecipeError, build_section, parse_overrides
+    from adaptkit.pretrain import STAGES, pretrain, pretrain_config
+    from adaptkit.recipe import RecipeError, parse_overrides
 
     stages = tuple(stage.strip() for stage in args.stages.split(","))
     unknown = [stage for stage in stages if stage not in STAGES]
     if unknown or not stages:
         raise RecipeError(f"--stages {args.stages!r}: unknown stage(s) {', '.join(unknown)}; stages: "
                           f"{', '.join(STAGES)}")
-    config = build_section(PretrainConfig, parse_overrides(args.settings), "pretrain settings")
-    generalist = pretrain(args.out, config, stages)
+    if args.workers < 1:
+        raise RecipeError(f"--workers {args.workers}: expected at least 1 rendering process")
+    device = _device(args.device)
+    config = pretrain_config(args.out, parse_overrides(args.settings))
+    generalist = pretrain(args.out, config, stages, device=device, workers=args.workers)
     print(f"generalist written to {args.out}/default ({generalist.config.description})")
     return 0
 
@@ -379,7 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre = add("pretrain", cmd_pretrain, "pretrain the embedded default on the synthetic world (hours; resumable)")
     pre.add_argument("--out", required=True, help="run folder; an existing one is resumed")
     pre.add_argument("--stages", default="vae,generalist", help="comma-separated: vae, generalist (default: both)")
-    pre.add_argument("settings", nargs="*", help="PretrainConfig overrides as key=value, e.g. steps=5000")
+    pre.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda or cuda:N")
+    pre.add_argument("--workers", type=int, default=1, help="processes that render the synthetic world (default 1)")
+    pre.add_argument("settings", nargs="*", help="PretrainConfig overrides as key=value, e.g. steps=5000, "
+                                                 "precision=bf16, spec.patch_size=1; a resumed run starts from "
+                                                 "its recorded settings")
     return parser
 
 

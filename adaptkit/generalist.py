@@ -380,13 +380,14 @@ class Generalist(nn.Module):
         return cached[1]
 
     # ---------------------------------------------------------------- saving and loading
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write a diffusers-style folder (safetensors per part, configs beside them) that reloads bit-exactly."""
+    def save_pretrained(self, folder: str | Path, max_shard_size: int | str = "10GB") -> Path:
+        """Write a diffusers-style folder (safetensors per part, configs beside them) that reloads bit-exactly;
+        the transformer and VAE split into shards of at most `max_shard_size` (diffusers' index format)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.denoiser.transformer.save_pretrained(folder / "transformer")
+        self.denoiser.transformer.save_pretrained(folder / "transformer", max_shard_size=max_shard_size)
         self.denoiser.point_encoder.save_pretrained(folder / "point_encoder")
-        self.vae.save_pretrained(folder / "vae")
+        self.vae.save_pretrained(folder / "vae", max_shard_size=max_shard_size)
         self.scheduler.save_pretrained(folder / "scheduler")
         for suffix in ("", "_2", "_3"):
             encoder = getattr(self.prompts, f"text_encoder{suffix}")

@@ -12,16 +12,23 @@ same classes, prompt format, codecs and folder layout as the real one, in two re
 Each stage checkpoints every few hundred steps (weights as safetensors, optimiser state loaded with
 `weights_only=True`) and resumes where it stopped; batches are drawn from `seed + step`, so a
 resumed run is the run that was never interrupted. Hours of 2-core CPU: a background job, never CI.
+The same job runs on a GPU (`device="cuda"`, `precision="bf16"`: bf16 autocast over fp32 weights), with the
+world rendered by `workers` processes so that rendering keeps up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import difflib
 import json
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +40,9 @@ from adaptkit.codecs import Instances, build_codec
 from adaptkit.generalist import DICEPTION_TASK_PROMPTS, Generalist
 from adaptkit.images import to_model_batch
 from adaptkit.metrics import build_codec_metrics, default_metric_names
+from adaptkit.recipe import RecipeError
 from adaptkit.sampling import euler_sample
-from adaptkit.synth import SEMANTIC_CLASSES, render_scene, sample_point_prompt
+from adaptkit.synth import PRETRAINING_FAMILIES, RENDERERS, sample_point_prompt
 from adaptkit.tasks import BUILTIN_TASKS
 from adaptkit.tiny import TinySpec, build_tiny_generalist
 from adaptkit.training import OBJECTIVES, Denoise, warmup_cosine
@@ -48,13 +56,24 @@ DEFAULT_SPEC = TinySpec(resolution=64, layers=4, heads=4, head_dim=32, vae_chann
 
 #: The pretraining stages, in the order they run (`adaptkit pretrain --stages`).
 STAGES = ("vae", "generalist")
+#: Index of the first validation scene: far from every training scene, whatever `scenes` is.
+VAL_FIRST = 10_000_000
+#: Numeric precisions of the forward and backward passes (weights and optimiser state stay fp32).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
 class PretrainConfig:
-    """Everything that determines the result; recorded beside it."""
+    """Everything that determines the result; recorded beside it.
+
+    `families` mixes the synthetic world's image families (each scene's family is drawn with these weights);
+    the held-out families are refused, so few-shot evidence on them stays about transfer. `spec` overrides
+    `DEFAULT_SPEC` key by key (`spec.patch_size=1` keeps every other size).
+    """
 
     seed: int = 0
+    families: dict[str, float] = field(default_factory=lambda: {"scenes": 1.0})
+    precision: str = "fp32"
     scenes: int = 3000
     val_scenes: int = 100
     vae_steps: int = 1500
@@ -66,7 +85,31 @@ class PretrainConfig:
     warmup: int = 100
     objective: str = "single_step"
     checkpoint_every: int = 250
-    spec: dict = field(default_factory=lambda: asdict(DEFAULT_SPEC))
+    spec: dict[str, Any] = field(default_factory=lambda: asdict(DEFAULT_SPEC))
+
+    def __post_init__(self) -> None:
+        sizes = asdict(DEFAULT_SPEC)
+        for key in self.spec:
+            if key not in sizes:
+                close = difflib.get_close_matches(key, sizes, n=1)
+                hint = f"did you mean 'spec.{close[0]}'? " if close else ""
+                raise RecipeError(f"spec.{key} is not a size of the generalist; {hint}"
+                                  f"sizes: {', '.join(sizes)}")
+        self.spec = {**sizes, **self.spec}
+        for name, weight in self.families.items():
+            if name not in PRETRAINING_FAMILIES:
+                why = "is held out of pretraining (its tasks measure transfer)" if name in RENDERERS else \
+                    "is not a family of the synthetic world"
+                raise RecipeError(f"families.{name} {why}; pretraining families: "
+                                  f"{', '.join(PRETRAINING_FAMILIES)}")
+            if not isinstance(weight, int | float) or weight <= 0:
+                raise RecipeError(f"families.{name} must be a positive weight, got {weight!r}")
+        if not self.families:
+            raise RecipeError("families is empty: name at least one of "
+                              f"{', '.join(PRETRAINING_FAMILIES)}")
+        if self.precision not in PRECISIONS:
+            raise RecipeError(f"precision {self.precision!r}: expected one of "
+                              f"{', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -74,6 +117,7 @@ class Item:
     """One pretraining example: a scene, a task prompt and the colour-encoded target."""
 
     scene: int
+    family: str
     task: str
     prompt: str
     target: np.ndarray
@@ -81,62 +125,100 @@ class Item:
     points: list[tuple[int, int]] | None = None
 
 
-def scene_items(index: int, seed: int, resolution: int) -> tuple[np.ndarray, list[Item]]:
+def scene_family(index: int, seed: int, families: dict[str, float]) -> str:
+    """The family of scene `index`: drawn with the mix's weights from (seed, index) alone."""
+    if len(families) == 1:
+        return next(iter(families))
+    names = sorted(families)
+    weights = np.array([families[name] for name in names], float)
+    return names[int(np.random.default_rng([seed, index, 1]).choice(len(names), p=weights / weights.sum()))]
+
+
+def scene_items(index: int, seed: int, resolution: int, families: dict[str, float],
+                ) -> tuple[np.ndarray, list[Item]]:
     """A rendered scene and its examples of every pretraining task (semantic: one per class present)."""
-    sample = render_scene(seed * 1_000_003 + index, resolution)
+    family = scene_family(index, seed, families)
+    sample = RENDERERS[family](seed * 1_000_003 + index, resolution)
     rng = np.random.default_rng([seed, index])
     codecs = {name: build_codec(task.codec) for name, task in BUILTIN_TASKS.items()}
     prompts = {name: task.prompt(DICEPTION_TASK_PROMPTS) for name, task in BUILTIN_TASKS.items()}
     truths = {"depth": sample.depth, "normals": sample.normals, "entity": Instances.from_label_map(sample.instances)}
-    items = [Item(index, task, prompts[task], codecs[task].encode(truth), truth) for task, truth in truths.items()]
-    for class_index, name in enumerate(SEMANTIC_CLASSES):
+    items = [Item(index, family, task, prompts[task], codecs[task].encode(truth), truth)
+             for task, truth in truths.items()]
+    for class_index, name in enumerate(type(sample).CLASS_NAMES):
         mask = sample.semantic == class_index
         if name != "background" and mask.any():
-            items.append(Item(index, "semantic", BUILTIN_TASKS["semantic"].prompt(DICEPTION_TASK_PROMPTS, name),
+            items.append(Item(index, family, "semantic",
+                              BUILTIN_TASKS["semantic"].prompt(DICEPTION_TASK_PROMPTS, name),
                               codecs["semantic"].encode(mask), mask))
     if sample.instances.max() > 0:
         points, _, mask = sample_point_prompt(sample, rng, max_points=int(rng.integers(1, 4)))
-        items.append(Item(index, "point_segmentation", prompts["point_segmentation"],
+        items.append(Item(index, family, "point_segmentation", prompts["point_segmentation"],
                           codecs["point_segmentation"].encode(mask), mask, [tuple(map(int, p)) for p in points]))
     return sample.image, items
 
 
-def build_pool(first: int, count: int, seed: int, resolution: int) -> tuple[list[np.ndarray], list[Item]]:
-    images, items = [], []
-    for index in tqdm(range(first, first + count), desc="render scenes", unit="scene", leave=False):
-        image, scene = scene_items(index, seed, resolution)
-        images.append(image)
-        items.extend(scene)
+def build_pool(first: int, count: int, config: PretrainConfig, resolution: int, workers: int = 1,
+               ) -> tuple[list[np.ndarray], list[Item]]:
+    """Scenes `first .. first + count` and their items, rendered by `workers` processes (the same pool for any
+    number: each scene depends on its index alone)."""
+    indices = range(first, first + count)
+    render = _SceneRenderer(config.seed, resolution, config.families)
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+            scenes = pool.map(render, indices, chunksize=max(1, min(64, count // (4 * workers))))
+        else:
+            scenes = map(render, indices)
+        images, items = [], []
+        for image, scene in tqdm(scenes, total=count, desc="render scenes", unit="scene", leave=False):
+            images.append(image)
+            items.extend(scene)
     return images, items
+
+
+@dataclass(frozen=True)
+class _SceneRenderer:
+    """`scene_items` with the pool's settings bound: a picklable callable for worker processes."""
+
+    seed: int
+    resolution: int
+    families: dict
+
+    def __call__(self, index: int) -> tuple[np.ndarray, list[Item]]:
+        return scene_items(index, self.seed, self.resolution, self.families)
 
 
 # ------------------------------------------------------------------------ checkpoints
 class Checkpoint:
-    """A stage's resumable state: model weights (safetensors), optimiser state and the step reached."""
+    """A stage's resumable state: model weights (safetensors), optimiser state, the step reached and the
+    seconds spent training (summed over resumes: what the stage cost)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
-    def step(self) -> int:
+    def state(self) -> dict[str, float]:
         state = self.folder / "state.json"
-        return json.loads(state.read_text())["step"] if state.is_file() else 0
+        return {"step": 0, "seconds": 0.0, **(json.loads(state.read_text()) if state.is_file() else {})}
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def save(self, step: int, seconds: float, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         weights, opt = self.folder / "model.safetensors", self.folder / "optimizer.pt"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights.with_suffix(".tmp")))
         torch.save(optimizer.state_dict(), opt.with_suffix(".tmp"))
         weights.with_suffix(".tmp").replace(weights)
         opt.with_suffix(".tmp").replace(opt)
-        (self.folder / "state.json").write_text(json.dumps({"step": step}))
+        (self.folder / "state.json").write_text(json.dumps({"step": step, "seconds": seconds}))
 
-    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-        if not self.step:
-            return 0
-        model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
-        optimizer.load_state_dict(torch.load(self.folder / "optimizer.pt", weights_only=True))
-        return self.step
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        state = self.state
+        if state["step"]:
+            device = next(model.parameters()).device
+            model.load_state_dict(load_file(str(self.folder / "model.safetensors"), device=str(device)))
+            optimizer.load_state_dict(torch.load(self.folder / "optimizer.pt", map_location=device,
+                                                 weights_only=True))
+        return state
 
 
 def _log(path: Path, row: dict) -> None:
@@ -159,42 +241,51 @@ def run_stage(name: str, model: torch.nn.Module, lr: float, steps: int, warmup: 
     """The resumable loop both stages share: AdamW with warmup + cosine, clipping, checkpoints, a log.
 
     `loss_at(rng)` computes a step's loss from a generator seeded by (seed, stage, step) alone, so a
-    resumed stage draws exactly the batches the uninterrupted one would have.
+    resumed stage draws exactly the batches the uninterrupted one would have. With `precision="bf16"` the
+    forward and backward passes run under bf16 autocast; the weights and AdamW's state stay fp32.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     checkpoint = Checkpoint(folder)
-    start = checkpoint.restore(model, optimizer)
+    state = checkpoint.restore(model, optimizer)
+    start, seconds = int(state["step"]), float(state["seconds"])
     stage = {"vae": 1, "generalist": 2}[name]
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"pretrain {name}", unit="step")
     for step in bar:
+        started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr * warmup_cosine(step, steps, warmup)
-        loss = loss_at(np.random.default_rng([config.seed, stage, step]))
+        with autocast:
+            loss = loss_at(np.random.default_rng([config.seed, stage, step]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        value = loss.item()  # waits for the device, so the clock below is honest on a GPU too
+        seconds += time.perf_counter() - started
+        bar.set_postfix(loss=f"{value:.4f}")
         done = step + 1
         if done % config.checkpoint_every == 0 or done == steps:
-            checkpoint.save(done, model, optimizer)
+            checkpoint.save(done, seconds, model, optimizer)
             scores = scores_at(done)
-            _log(folder / "log.csv", {"step": done, "loss": loss.item(), "time": time.time(),
+            _log(folder / "log.csv", {"step": done, "loss": value, "time": time.time(), "seconds": seconds,
                                       "scores": json.dumps(scores)})
-            bar.write(f"{name} step {done}: loss {loss.item():.4f} {scores}")
+            bar.write(f"{name} step {done}: loss {value:.4f} {scores}")
 
 
-def train_vae(generalist: Generalist, config: PretrainConfig, out: Path) -> dict[str, float]:
+def train_vae(generalist: Generalist, config: PretrainConfig, out: Path, workers: int = 1) -> dict[str, float]:
     """L1 + tiny KL on a mix of rendered images and every task's colour-encoded targets."""
     resolution = generalist.config.resolution
-    images, items = build_pool(0, config.scenes // 4, config.seed, resolution)
+    images, items = build_pool(0, config.scenes // 4, config, resolution, workers)
     pictures = torch.from_numpy(np.stack(images + [item.target for item in items])).permute(0, 3, 1, 2).half()
-    val_images, val_items = build_pool(10_000_000, config.val_scenes, config.seed, resolution)
+    val_images, val_items = build_pool(VAL_FIRST, config.val_scenes, config, resolution, workers)
     val = torch.from_numpy(np.stack(val_images + [i.target for i in val_items][:len(val_images)])).permute(0, 3, 1, 2)
+    val = val.to(generalist.device)
     vae = generalist.vae.train().requires_grad_(True)
 
     def loss_at(rng: np.random.Generator) -> torch.Tensor:
-        batch = pictures[rng.integers(0, len(pictures), config.vae_batch)].float()
+        batch = pictures[rng.integers(0, len(pictures), config.vae_batch)].to(generalist.device).float()
         if rng.random() < 0.5:
             batch = batch.flip(-1)
         posterior = vae.encode(batch * 2 - 1).latent_dist
@@ -204,7 +295,7 @@ def train_vae(generalist: Generalist, config: PretrainConfig, out: Path) -> dict
     @torch.no_grad()
     def scores_at(_: int) -> dict[str, float]:
         vae.eval()
-        value = psnr((vae.decode(vae.encode(val * 2 - 1).latent_dist.mode()).sample + 1) / 2, val)
+        value = psnr((vae.decode(vae.encode(val * 2 - 1).latent_dist.mode()).sample.float() + 1) / 2, val)
         vae.train()
         return {"vae_psnr_db": value}
 
@@ -233,8 +324,8 @@ class PretrainData:
     """Cached latents of a scene pool, prompts as indices into an embedding table, task-balanced batches."""
 
     def __init__(self, generalist: Generalist, images: list[np.ndarray], items: list[Item]) -> None:
-        self.items = items
-        self.conditions, self.targets = encode_pool(generalist, images, items)
+        self.items, self.device = items, generalist.device
+        self.conditions, self.targets = (latents.cpu() for latents in encode_pool(generalist, images, items))
         self.prompts = sorted({item.prompt for item in items} | {""})
         self.embeds, self.pooled = generalist.prompts.encode(self.prompts)
         self.prompt_index = torch.tensor([self.prompts.index(item.prompt) for item in items])
@@ -246,15 +337,18 @@ class PretrainData:
         self.point_labels = torch.stack([label for _, label in normalised])
         self.by_task = {task: np.array([i for i, item in enumerate(items) if item.task == task])
                         for task in BUILTIN_TASKS}
+        self.families = sorted({item.family for item in items})
 
     def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """The rows' cached latents and prompts, on the generalist's device."""
         rows_t = torch.from_numpy(rows)
         condition = self.conditions[self.scene_index[rows_t]]
         target = self.targets[rows_t]
-        return {"condition_mean": condition, "condition_std": torch.zeros_like(condition),
-                "target_mean": target, "target_std": torch.zeros_like(target),
-                "prompt": self.prompt_index[rows_t], "points": self.points[rows_t],
-                "point_labels": self.point_labels[rows_t]}
+        batch = {"condition_mean": condition, "condition_std": torch.zeros_like(condition),
+                 "target_mean": target, "target_std": torch.zeros_like(target),
+                 "prompt": self.prompt_index[rows_t], "points": self.points[rows_t],
+                 "point_labels": self.point_labels[rows_t]}
+        return {key: value.to(self.device) for key, value in batch.items()}
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         tasks = rng.choice(list(self.by_task), size=size)
@@ -273,11 +367,17 @@ def make_denoise(generalist: Generalist, data: PretrainData, batch: dict[str, to
 
 @torch.no_grad()
 def evaluate(generalist: Generalist, data: PretrainData, objective: str, limit: int = 60) -> dict[str, float]:
-    """Zero-shot metrics per pretraining task on held-out scenes (one-step deterministic sampling)."""
+    """Zero-shot metrics per pretraining task (and per family when several are mixed) on held-out scenes,
+    with the deterministic one-step sampling the default is used with (8 Euler steps for `flow`)."""
     generalist.eval()
     results = {}
-    for task, rows in data.by_task.items():
-        rows = rows[:limit]
+    groups = [(task, None) for task in data.by_task]
+    if len(data.families) > 1:
+        groups += [(task, family) for family in data.families for task in data.by_task]
+    for task, family in groups:
+        rows = np.array([row for row in data.by_task[task] if family in (None, data.items[row].family)])[:limit]
+        if not len(rows):
+            continue
         codec = build_codec(BUILTIN_TASKS[task].codec)
         headline = default_metric_names(codec)[0]
         metric = build_codec_metrics(codec, [headline])
@@ -287,23 +387,25 @@ def evaluate(generalist: Generalist, data: PretrainData, objective: str, limit: 
             deterministic = OBJECTIVES[objective].deterministic
             condition = batch["condition_mean"]
             noise = torch.zeros_like(condition) if deterministic else torch.randn(
-                condition.shape, generator=torch.Generator().manual_seed(start))
+                condition.shape, generator=torch.Generator().manual_seed(start)).to(condition)
             steps = 1 if deterministic else 8
             latents = euler_sample(generalist.scheduler.config, denoise, condition, noise, steps)
-            images = generalist.decode_latents(latents).permute(0, 2, 3, 1).numpy()
+            images = generalist.decode_latents(latents).permute(0, 2, 3, 1).float().cpu().numpy()
             for row, image in zip(rows[start:start + 32], images, strict=True):
                 metric.update(codec.decode(image), data.items[row].truth)
-        results[f"{task}/{headline}"] = float(next(iter(metric.compute().values())))
+        key = f"{task}/{headline}" if family is None else f"{family}/{task}/{headline}"
+        results[key] = float(next(iter(metric.compute().values())))
     generalist.train()
     return results
 
 
-def train_generalist(generalist: Generalist, config: PretrainConfig, out: Path) -> dict[str, float]:
+def train_generalist(generalist: Generalist, config: PretrainConfig, out: Path, workers: int = 1,
+                     ) -> dict[str, float]:
     """Full training of the denoiser (transformer + point encoder) on the pretraining tasks."""
     resolution = generalist.config.resolution
-    images, items = build_pool(0, config.scenes, config.seed, resolution)
+    images, items = build_pool(0, config.scenes, config, resolution, workers)
     data = PretrainData(generalist, images, items)
-    val_images, val_items = build_pool(10_000_000, config.val_scenes, config.seed, resolution)
+    val_images, val_items = build_pool(VAL_FIRST, config.val_scenes, config, resolution, workers)
     val = PretrainData(generalist, val_images, val_items)
     objective = OBJECTIVES[config.objective]()
     denoiser = generalist.denoiser.train().requires_grad_(True)
@@ -324,30 +426,62 @@ def train_generalist(generalist: Generalist, config: PretrainConfig, out: Path) 
     return evaluate(generalist, val, config.objective, limit=10_000)
 
 
+#: Settings a resumed run may change: how long each stage runs and how often it checkpoints.
+RESUMABLE_CHANGES = ("steps", "vae_steps", "checkpoint_every")
+
+
+def pretrain_config(out: str | Path, overrides: dict) -> PretrainConfig:
+    """The settings of a run in `out`: a new run's are the defaults with `overrides`; a resumed run starts from
+    the settings it recorded, and may change only `RESUMABLE_CHANGES` (anything else would silently splice two
+    different runs together)."""
+    from adaptkit.recipe import build_section
+
+    recorded_path = Path(out) / "config.json"
+    if not recorded_path.is_file():
+        return build_section(PretrainConfig, overrides, "pretrain settings")
+    recorded = json.loads(recorded_path.read_text())
+    merged = {**recorded, **overrides, "spec": {**recorded.get("spec", {}), **overrides.get("spec", {})}}
+    config = build_section(PretrainConfig, merged, "pretrain settings")
+    for key, value in asdict(config).items():
+        if key in recorded and key not in RESUMABLE_CHANGES and recorded[key] != value:
+            raise RecipeError(f"pretrain settings: {key} was {recorded[key]!r} in {recorded_path}, not "
+                              f"{value!r}; a resumed run keeps its settings (only {', '.join(RESUMABLE_CHANGES)} "
+                              "may change): use a new --out for a new run")
+    return config
+
+
 def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tuple[str, ...] = STAGES,
-             ) -> Generalist:
-    """Run (or resume) the stages and write the generalist folder `out/default` with its report."""
+             device: str = "cpu", workers: int = 1) -> Generalist:
+    """Run (or resume) the stages on `device` and write the generalist folder `out/default` with its report.
+
+    Weights are written in safetensors shards of at most 15 MB (files that travel anywhere); the report
+    `pretraining.json` records the config, the zero-shot scores and the seconds each stage trained.
+    """
     config = config or PretrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
     spec = TinySpec(**{**config.spec, "vae_channels": tuple(config.spec["vae_channels"])})
-    generalist = build_tiny_generalist(spec).to_runtime("cpu")
+    generalist = build_tiny_generalist(spec).to_runtime(device, torch.float32)
     report: dict[str, float] = {}
     if "vae" in stages:
-        report |= train_vae(generalist, config, out)
+        report |= train_vae(generalist, config, out, workers)
     elif (out / "vae" / "model.safetensors").is_file():
-        generalist.vae.load_state_dict(load_file(str(out / "vae" / "model.safetensors")))
+        generalist.vae.load_state_dict(load_file(str(out / "vae" / "model.safetensors"), device=str(device)))
     if "generalist" in stages:
-        report |= train_generalist(generalist, config, out)
+        report |= train_generalist(generalist, config, out, workers)
+    families = " and ".join(sorted(config.families)) + (" family" if len(config.families) == 1 else " families")
     generalist.config.description = (
-        f"adaptkit's embedded default: {spec.layers} x {spec.heads * spec.head_dim} SD3 transformer pretrained "
-        f"with the {config.objective} objective on the synthetic world ({config.scenes} scenes, {config.steps} steps)")
+        f"adaptkit's embedded default: {spec.layers} x {spec.heads * spec.head_dim} SD3 transformer (patch "
+        f"{spec.patch_size}) pretrained with the {config.objective} objective on the synthetic world's {families} "
+        f"({config.scenes} scenes, {config.steps} steps)")
     generalist.config.task_prompts = {task.prompt_key: DICEPTION_TASK_PROMPTS[task.prompt_key]
                                       for task in BUILTIN_TASKS.values()}
     generalist.config.objective = config.objective
-    generalist.save_pretrained(out / "default")
-    (out / "default" / "pretraining.json").write_text(json.dumps({"config": asdict(config), "zero_shot": report},
-                                                                  indent=2))
+    generalist = generalist.to("cpu")
+    generalist.save_pretrained(out / "default", max_shard_size="15MB")
+    seconds = {stage: Checkpoint(out / stage).state["seconds"] for stage in STAGES}
+    (out / "default" / "pretraining.json").write_text(json.dumps(
+        {"config": asdict(config), "zero_shot": report, "device": str(device), "training_seconds": seconds},
+        indent=2))
     return generalist
-

@@ -47,6 +47,7 @@ class TinySpec:
     layers: int = 2
     heads: int = 2
     head_dim: int = 16
+    patch_size: int = 2
     vae_channels: tuple[int, ...] = (16, 32)
     vae_norm_groups: int = 8
     clip_dim: int = 16
@@ -93,7 +94,7 @@ def build_tiny_generalist(spec: TinySpec | None = None) -> Generalist:
     latent_side = spec.resolution // 2 ** (len(spec.vae_channels) - 1)
     inner = spec.heads * spec.head_dim
     transformer = SD3Transformer2DModel(
-        sample_size=latent_side, patch_size=2, in_channels=16, num_layers=spec.layers,
+        sample_size=latent_side, patch_size=spec.patch_size, in_channels=16, num_layers=spec.layers,
         attention_head_dim=spec.head_dim, num_attention_heads=spec.heads, joint_attention_dim=spec.t5_dim,
         caption_projection_dim=inner, pooled_projection_dim=2 * spec.clip_dim, out_channels=16,
         pos_embed_max_size=latent_side // 2 * 2,

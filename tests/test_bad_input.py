@@ -537,6 +537,13 @@ def test_bad_eval_requests_are_refused(capsys, tmp_path, good_data, argv, messag
     (["stepz=3"], "did you mean 'steps'"),
     (["lr=fast"], "lr"),
     (["steps"], "expected key.path=value"),
+    (["--device", "cuda"], "this machine has no CUDA device; use --device cpu"),
+    (["--device", "banana"], "--device 'banana': expected cpu, cuda or cuda:N"),
+    (["--workers", "0"], "--workers 0: expected at least 1"),
+    (["families.scene=1"], "families.scene is not a family of the synthetic world"),
+    (["families.scenes=-1"], "families.scenes must be a positive weight"),
+    (["spec.patchsize=1"], "did you mean 'spec.patch_size'"),
+    (["precision=fp8"], "precision 'fp8': expected one of fp32, bf16"),
 ])
 def test_bad_pretraining_settings_are_refused(capsys, tmp_path, argv, message):
     refused(capsys, "pretrain", "--out", tmp_path / "p", *argv, message=message)

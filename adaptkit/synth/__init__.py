@@ -9,6 +9,7 @@ and `tasks`: which task reads which field of which family, and writing tasks as 
 from adaptkit.synth.scenes import FAR_DEPTH, SEMANTIC_CLASSES, SceneSample, render_batch, render_scene
 from adaptkit.synth.tasks import (
     HELDOUT_TASKS,
+    PRETRAINING_FAMILIES,
     PRETRAINING_TASKS,
     RENDERERS,
     TASKS,
@@ -21,6 +22,7 @@ from adaptkit.synth.tasks import (
 __all__ = [
     "FAR_DEPTH",
     "HELDOUT_TASKS",
+    "PRETRAINING_FAMILIES",
     "PRETRAINING_TASKS",
     "RENDERERS",
     "SEMANTIC_CLASSES",

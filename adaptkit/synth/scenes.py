@@ -65,6 +65,8 @@ class SceneSample:
     object_classes: np.ndarray  # int64 (N + 1,), class index per instance id; [0] = background
     fov: float  # full field of view in radians (square image, principal point at the centre)
 
+    CLASS_NAMES: ClassVar[tuple[str, ...]] = SEMANTIC_CLASSES
+
 
 # --------------------------------------------------------------------------------------------- geometry
 # Rays are origin o (3,) or (P, 3) plus direction d (3,) or (P, 3), broadcast against each other; every

@@ -25,6 +25,9 @@ from adaptkit.tasks import BUILTIN_TASKS
 #: Each family's renderer: `render(seed, resolution)` gives a sample (a dataclass of arrays with at least
 #: `image` and `instances`) that depends on the seed alone, whatever the resolution.
 RENDERERS: dict[str, Callable[[int, int], Any]] = {"scenes": render_scene}
+#: The families the embedded default may be pretrained on; every other family is held out whole (its images
+#: are never seen in pretraining, so few-shot results on it measure transfer, not memory).
+PRETRAINING_FAMILIES: tuple[str, ...] = ("scenes",)
 
 
 # --------------------------------------------------------------------------------------- point prompts
