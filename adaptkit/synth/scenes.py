@@ -54,6 +54,8 @@ class SceneSample:
     ``shadow``, ``nearest`` and ``boundaries`` are kept out of pretraining and serve as few-shot tasks.
     """
 
+    CLASS_NAMES: ClassVar[tuple[str, ...]] = SEMANTIC_CLASSES
+
     image: np.ndarray  # float32 (H, W, 3) in [0, 1]
     depth: np.ndarray  # float32 (H, W), camera-space z; sky = FAR_DEPTH
     normals: np.ndarray  # float32 (H, W, 3), unit, camera frame (x right, y up, z toward camera)
