@@ -35,7 +35,8 @@ from adaptkit.prompts import PromptEncoder
 PROMPT_WORDS = (
     "[[", "]]", "image", "2", "depth", "normal", "pose", "segmentation", "semantic", "entity", "person",
     "background", "ground", "sphere", "box", "cylinder", "shadow", "nearest", "boundary", "edge", "mask",
-    "highlight", "crack", "lung", "tumour", "object",
+    "highlight", "crack", "lung", "tumour", "object", "blob", "ellipse", "ring", "curve", "cell", "nucleus",
+    "polygon", "lungs", "cells", "foreground",
 )
 
 

@@ -540,6 +540,7 @@ def test_bad_eval_requests_are_refused(capsys, tmp_path, good_data, argv, messag
     (["--device", "cuda"], "this machine has no CUDA device; use --device cpu"),
     (["--device", "banana"], "--device 'banana': expected cpu, cuda or cuda:N"),
     (["--workers", "0"], "--workers 0: expected at least 1"),
+    (["families.scans=1"], "families.scans is held out of pretraining"),
     (["families.scene=1"], "families.scene is not a family of the synthetic world"),
     (["families.scenes=-1"], "families.scenes must be a positive weight"),
     (["spec.patchsize=1"], "did you mean 'spec.patch_size'"),

@@ -54,6 +54,8 @@ class SceneSample:
     ``shadow``, ``nearest`` and ``boundaries`` are kept out of pretraining and serve as few-shot tasks.
     """
 
+    CLASS_NAMES: ClassVar[tuple[str, ...]] = SEMANTIC_CLASSES
+
     image: np.ndarray  # float32 (H, W, 3) in [0, 1]
     depth: np.ndarray  # float32 (H, W), camera-space z; sky = FAR_DEPTH
     normals: np.ndarray  # float32 (H, W, 3), unit, camera frame (x right, y up, z toward camera)
@@ -64,8 +66,6 @@ class SceneSample:
     boundaries: np.ndarray  # bool (H, W), both sides of depth discontinuities between instances
     object_classes: np.ndarray  # int64 (N + 1,), class index per instance id; [0] = background
     fov: float  # full field of view in radians (square image, principal point at the centre)
-
-    CLASS_NAMES: ClassVar[tuple[str, ...]] = SEMANTIC_CLASSES
 
 
 # --------------------------------------------------------------------------------------------- geometry

@@ -19,15 +19,20 @@ from scipy import ndimage
 
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.images import to_rgb_array
+from adaptkit.synth.layers import render_layers
+from adaptkit.synth.microscopy import render_cells
+from adaptkit.synth.scans import render_scan
 from adaptkit.synth.scenes import SEMANTIC_CLASSES, render_scene
 from adaptkit.tasks import BUILTIN_TASKS
 
 #: Each family's renderer: `render(seed, resolution)` gives a sample (a dataclass of arrays with at least
 #: `image` and `instances`) that depends on the seed alone, whatever the resolution.
-RENDERERS: dict[str, Callable[[int, int], Any]] = {"scenes": render_scene}
-#: The families the embedded default may be pretrained on; every other family is held out whole (its images
-#: are never seen in pretraining, so few-shot results on it measure transfer, not memory).
-PRETRAINING_FAMILIES: tuple[str, ...] = ("scenes",)
+RENDERERS: dict[str, Callable[[int, int], Any]] = {
+    "scenes": render_scene, "layers": render_layers, "cells": render_cells, "scans": render_scan,
+}
+#: The families the embedded default may be pretrained on; every other family (`cells`, `scans`) is held out
+#: whole: its images are never seen in pretraining, so few-shot results on it measure transfer, not memory.
+PRETRAINING_FAMILIES: tuple[str, ...] = ("scenes", "layers")
 
 
 # --------------------------------------------------------------------------------------- point prompts
@@ -106,6 +111,8 @@ TASKS: dict[str, SynthTask] = {
         SynthTask("shadow", "shadow", "binary_mask", "heldout"),
         SynthTask("nearest", "nearest", "binary_mask", "heldout"),
         SynthTask("boundaries", "boundaries", "binary_mask", "heldout"),
+        SynthTask("cells", "foreground", "binary_mask", "heldout", family="cells"),
+        SynthTask("lungs", "lungs", "binary_mask", "heldout", family="scans"),
     )
 }
 PRETRAINING_TASKS: tuple[str, ...] = tuple(n for n, t in TASKS.items() if t.split == "pretraining")
