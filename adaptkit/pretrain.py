@@ -72,14 +72,14 @@ class PretrainConfig:
     """
 
     seed: int = 0
-    families: dict[str, float] = field(default_factory=lambda: {"scenes": 1.0})
+    families: dict[str, float] = field(default_factory=lambda: {"scenes": 0.4, "layers": 0.6})
     precision: str = "fp32"
     scenes: int = 3000
     val_scenes: int = 100
-    vae_steps: int = 1500
+    vae_steps: int = 2500
     vae_batch: int = 8
     vae_lr: float = 1e-3
-    steps: int = 3000
+    steps: int = 6000
     batch: int = 16
     lr: float = 5e-4
     warmup: int = 100

@@ -27,8 +27,11 @@ from adaptkit.data import Sample, check_all, load_splits
 from adaptkit.generalist import Generalist, InContextDenoiser, PointPromptEncoder
 from adaptkit.recipe import Recipe, load_recipe
 
-#: The held-out synthetic tasks (binary masks the default never saw) and the prompts their adapters answer.
-TASK_PROMPTS = {"shadow": "[[image2shadow]]", "nearest": "[[image2nearest]]", "boundaries": "[[image2boundary]]"}
+#: The held-out synthetic tasks (binary masks the default never saw) and the prompts their adapters answer:
+#: three on the pretraining scenes, and one on each family held out of pretraining whole (`cells`, microscopy-
+#: like; `lungs`, slice-like), where a result is about transfer to images unlike any seen, not about memory.
+TASK_PROMPTS = {"shadow": "[[image2shadow]]", "nearest": "[[image2nearest]]", "boundaries": "[[image2boundary]]",
+                "cells": "[[image2cells]]", "lungs": "[[image2lungs]]"}
 
 #: Seed of the random re-initialisation. Seed 0 re-creates exactly the transformer and point encoder that
 #: pretraining started from (`build_tiny_generalist(DEFAULT_SPEC)` seeds 0 and builds the same configs), so
