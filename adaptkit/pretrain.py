@@ -40,7 +40,7 @@ from adaptkit.codecs import Instances, build_codec
 from adaptkit.generalist import DICEPTION_TASK_PROMPTS, Generalist
 from adaptkit.images import to_model_batch
 from adaptkit.metrics import build_codec_metrics, default_metric_names
-from adaptkit.recipe import RecipeError
+from adaptkit.recipe import RecipeError, build_section
 from adaptkit.sampling import euler_sample
 from adaptkit.synth import PRETRAINING_FAMILIES, RENDERERS, sample_point_prompt
 from adaptkit.tasks import BUILTIN_TASKS
@@ -434,8 +434,6 @@ def pretrain_config(out: str | Path, overrides: dict) -> PretrainConfig:
     """The settings of a run in `out`: a new run's are the defaults with `overrides`; a resumed run starts from
     the settings it recorded, and may change only `RESUMABLE_CHANGES` (anything else would silently splice two
     different runs together)."""
-    from adaptkit.recipe import build_section
-
     recorded_path = Path(out) / "config.json"
     if not recorded_path.is_file():
         return build_section(PretrainConfig, overrides, "pretrain settings")
