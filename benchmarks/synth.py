@@ -1,92 +1,93 @@
-"""Throughput of the synthetic-world renderer, plus a grid PNG to eyeball that its scenes look right.
+"""Throughput of each family of the synthetic world, plus one titled grid per family to eyeball its samples.
 
-Pretraining the small generalist renders tens of thousands of scenes, so the renderer must stay at
-thousands of images per minute on a laptop core. Run:
+Pretraining the small generalist renders tens of thousands of samples, so every family must stay at
+thousands of images per minute on one laptop core (`adaptkit pretrain --workers N` spreads them over N).
+Run:
 
-    python benchmarks/synth.py [--n 300] [--resolutions 64 128]
+    python benchmarks/synth.py [--n 200] [--resolutions 64 128] [--families scenes layers cells scans]
 
-Writes ``benchmarks/results/synth.json`` (images/minute per resolution, single process) and
-``benchmarks/results/synth_grid.png`` (rows = scenes; columns = image | depth | normals | instances |
-shadow | nearest, masks shown bright over a dimmed image).
+Writes ``benchmarks/results/synth.json`` (ms per image and images/minute per family and resolution, one
+process, one thread) and ``benchmarks/results/synth_<family>.png`` (rows = samples; one titled column per
+field of the family's sample: the image, depth as inverse depth so near is bright, normals as RGB,
+instance and class maps in a fixed palette, masks bright over the dimmed image).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
+from _common import RESULTS, print_table, write_report
 
-from adaptkit.synth import FAR_DEPTH, SceneSample, render_batch, render_scene
+from adaptkit.inference import save_grid
+from adaptkit.synth import RENDERERS
 
-RESULTS = Path(__file__).resolve().parent / "results"
+_PALETTE = np.random.default_rng(0).uniform(0.2, 1.0, size=(256, 3))
+_PALETTE[0] = 0.0
 
 
-def images_per_minute(n: int, resolution: int) -> float:
+def ms_per_image(family: str, n: int, resolution: int) -> float:
     """Time ``n`` renders after one warm-up, so import and first-call costs are excluded."""
-    render_scene(0, resolution)
+    render = RENDERERS[family]
+    render(0, resolution)
     start = time.perf_counter()
-    render_batch(range(1, n + 1), resolution)
-    return n / (time.perf_counter() - start) * 60.0
+    for seed in range(1, n + 1):
+        render(seed, resolution)
+    return (time.perf_counter() - start) / n * 1e3
 
 
-def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return np.where(mask[..., None], 1.0, 0.3 * image)
+def panels(sample: object) -> dict[str, np.ndarray]:
+    """Every per-pixel field of ``sample`` as an RGB picture in [0, 1], keyed by the field's name."""
+    image = sample.image
+    shown: dict[str, np.ndarray] = {}
+    for field in dataclasses.fields(sample):
+        value = getattr(sample, field.name)
+        if not isinstance(value, np.ndarray) or value.shape[:2] != image.shape[:2]:
+            continue  # per-object tables (object_classes), scalars (fov)
+        if field.name == "image":
+            shown["image"] = value
+        elif value.dtype == bool:
+            shown[field.name] = np.where(value[..., None], 1.0, 0.3 * image)
+        elif field.name == "depth":
+            inverse = 1.0 / value
+            shown["depth"] = np.repeat(((inverse - inverse.min()) / (np.ptp(inverse) + 1e-8))[..., None], 3, -1)
+        elif value.ndim == 3:  # normals
+            shown[field.name] = (value + 1.0) / 2.0
+        else:  # instance ids, semantic classes
+            shown[field.name] = _PALETTE[value % 256]
+    return shown
 
 
-def grid_row(sample: SceneSample) -> np.ndarray:
-    """One scene as panels side by side; depth is shown as inverse depth so near is bright."""
-    inverse = 1.0 / sample.depth
-    inverse = (inverse - 1.0 / FAR_DEPTH) / (inverse.max() - 1.0 / FAR_DEPTH + 1e-8)
-    palette = np.random.default_rng(0).uniform(0.2, 1.0, size=(256, 3))
-    palette[0] = 0.0
-    panels = [
-        sample.image,
-        np.repeat(inverse[..., None], 3, axis=-1),
-        (sample.normals + 1.0) / 2.0,
-        palette[sample.instances % 256],
-        _overlay(sample.image, sample.shadow),
-        _overlay(sample.image, sample.nearest),
-    ]
-    gap = np.ones((sample.image.shape[0], 2, 3))
-    return np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
-
-
-def save_grid(path: Path, seeds: list[int], resolution: int) -> None:
-    rows = [grid_row(s) for s in render_batch(seeds, resolution)]
-    gap = np.ones((2, rows[0].shape[1], 3))
-    grid = np.concatenate([r for row in rows for r in (row, gap)][:-1], axis=0)
-    Image.fromarray(np.round(np.clip(grid, 0, 1) * 255).astype(np.uint8)).save(path)
+def save_family_grid(family: str, seeds: list[int], resolution: int) -> str:
+    rows = [panels(RENDERERS[family](seed, resolution)) for seed in seeds]
+    path = RESULTS / f"synth_{family}.png"
+    save_grid(path, [tuple(row.values()) for row in rows], cell=resolution, titles=tuple(rows[0]))
+    return path.name
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n", type=int, default=300, help="scenes timed per resolution")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="samples timed per family and resolution")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--families", nargs="+", default=list(RENDERERS), choices=list(RENDERERS))
     parser.add_argument("--grid-resolution", type=int, default=128)
     parser.add_argument("--grid-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     args = parser.parse_args()
 
+    torch.set_num_threads(1)  # the renderers are numpy; one process = one core, as in pretraining's workers
+    rows = [{"family": family, "resolution": res, "ms_per_image": ms_per_image(family, args.n, res)}
+            for family in args.families for res in args.resolutions]
+    for row in rows:
+        row["images_per_minute"] = 60e3 / row["ms_per_image"]
+    print_table(rows, [("family", "family", "s"), ("resolution", "px", "d"),
+                       ("ms_per_image", "ms/image", ".2f"), ("images_per_minute", "images/min", ".0f")])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rates = {res: images_per_minute(args.n, res) for res in args.resolutions}
-    print(f"{'resolution':>10} | {'images/min':>10} | {'ms/image':>8}")
-    for res, rate in rates.items():
-        print(f"{res:>10} | {rate:>10.0f} | {60e3 / rate:>8.2f}")
-    report = {
-        "n": args.n,
-        "processes": 1,
-        "machine": platform.processor() or platform.machine(),
-        "images_per_minute": {str(res): round(rate, 1) for res, rate in rates.items()},
-    }
-    (RESULTS / "synth.json").write_text(json.dumps(report, indent=2) + "\n")
-    save_grid(RESULTS / "synth_grid.png", args.grid_seeds, args.grid_resolution)
-    print(f"wrote {RESULTS / 'synth.json'} and {RESULTS / 'synth_grid.png'}")
+    grids = [save_family_grid(family, args.grid_seeds, args.grid_resolution) for family in args.families]
+    write_report("synth", {"n": args.n, "processes": 1, "rows": rows, "grids": grids})
+    print(f"wrote {', '.join(grids)} in {RESULTS}")
 
 
 if __name__ == "__main__":

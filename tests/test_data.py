@@ -304,17 +304,18 @@ def test_coco_errors(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- synth
-def test_synth_source_is_deterministic_and_matches_write_dataset(tmp_path: Path) -> None:
-    data = DataSection(source="synth", synth_task="shadow", synth_resolution=24, train_shots=2, val_shots=1, seed=3)
+@pytest.mark.parametrize("task", ["shadow", "cells", "lungs"])  # one per family a binary task is drawn from
+def test_synth_source_is_deterministic_and_matches_write_dataset(tmp_path: Path, task: str) -> None:
+    data = DataSection(source="synth", synth_task=task, synth_resolution=24, train_shots=2, val_shots=1, seed=3)
     codec = build_codec("binary_mask")
     source = open_source(data, codec)
     assert isinstance(source, SynthSource) and source.ids() == ["0", "1", "2"]
     again = open_source(data, codec)
-    synth.write_dataset(tmp_path, 3, seed=3, task="shadow", resolution=24)
+    synth.write_dataset(tmp_path, 3, seed=3, task=task, resolution=24)
     for i in source.ids():
         sample = source.load(i)
         np.testing.assert_array_equal(sample.image, again.load(i).image)
-        image, target = synth.read_pair(tmp_path, f"{int(i):05d}", "shadow")
+        image, target = synth.read_pair(tmp_path, f"{int(i):05d}", task)
         np.testing.assert_array_equal(sample.target, target)
         np.testing.assert_allclose(sample.image, image, atol=1 / 255)
     with pytest.raises(DataError, match=r"needs the depth codec, but task\.codec is binary_mask"):

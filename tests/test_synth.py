@@ -218,7 +218,9 @@ def test_task_registry() -> None:
         assert task.codec in {"depth", "normals", "instances", "semantic", "binary_mask"}
 
 
-@pytest.mark.parametrize("task", ["shadow", "depth", "normals", "entity", "semantic", "point_segmentation"])
+@pytest.mark.parametrize(
+    "task", ["shadow", "depth", "normals", "entity", "semantic", "point_segmentation", "cells", "lungs"]
+)
 def test_write_dataset_round_trips(tmp_path, task: str) -> None:
     stems = write_dataset(tmp_path / "a", n=3, seed=11, task=task, resolution=32)
     image_stems = sorted(p.stem for p in (tmp_path / "a" / "images").iterdir())
@@ -230,7 +232,7 @@ def test_write_dataset_round_trips(tmp_path, task: str) -> None:
     spec = TASKS[task]
     for stem, seed in zip(stems, meta["scene_seeds"], strict=True):
         image, target = read_pair(tmp_path / "a", stem, task)
-        sample = render_scene(seed, 32)
+        sample = spec.render(seed, 32)
         np.testing.assert_array_equal(image, np.round(sample.image * 255) / np.float32(255))
         if spec.prompted:
             prompt = json.loads((tmp_path / "a" / "prompts" / f"{stem}.json").read_text())
