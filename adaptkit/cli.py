@@ -30,7 +30,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print a generalist's parts, sizes, dtype, resolution and known task prompts."""
     from adaptkit.bases import load_generalist
 
-    generalist = load_generalist(args.base, device=args.device)
+    generalist = load_generalist(args.base, device=None if args.device is None else _device(args.device))
     config = generalist.config
     print(f"generalist: {config.name}  ({args.base})")
     if config.description:

@@ -530,6 +530,9 @@ def test_bad_eval_requests_are_refused(capsys, tmp_path, good_data, argv, messag
 
 
 # ------------------------------------------------------------------------------------------ pretrain settings
+NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--stages", "banana"], "--stages 'banana': unknown stage(s) banana; stages: vae, generalist"),
     (["--stages", "vae,banana"], "unknown stage(s) banana"),
@@ -537,7 +540,7 @@ def test_bad_eval_requests_are_refused(capsys, tmp_path, good_data, argv, messag
     (["stepz=3"], "did you mean 'steps'"),
     (["lr=fast"], "lr"),
     (["steps"], "expected key.path=value"),
-    (["--device", "cuda"], "this machine has no CUDA device; use --device cpu"),
+    pytest.param(["--device", "cuda"], "this machine has no CUDA device; use --device cpu", marks=NEEDS_NO_CUDA),
     (["--device", "banana"], "--device 'banana': expected cpu, cuda or cuda:N"),
     (["--workers", "0"], "--workers 0: expected at least 1"),
     (["families.scans=1"], "families.scans is held out of pretraining"),
@@ -549,6 +552,14 @@ def test_bad_eval_requests_are_refused(capsys, tmp_path, good_data, argv, messag
 def test_bad_pretraining_settings_are_refused(capsys, tmp_path, argv, message):
     refused(capsys, "pretrain", "--out", tmp_path / "p", *argv, message=message)
     assert not (tmp_path / "p" / "default").exists()
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    pytest.param("cuda", "this machine has no CUDA device; use --device cpu", marks=NEEDS_NO_CUDA),
+    ("tpu", "--device 'tpu': expected cpu, cuda or cuda:N"),
+])
+def test_info_checks_its_device_like_pretrain(capsys, device, message):
+    refused(capsys, "info", "tiny", "--device", device, message=message)
 
 
 # ------------------------------------------------------------------------------------------ resuming
