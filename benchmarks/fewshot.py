@@ -13,8 +13,11 @@ step) and the same `--test` test images:
 * `unet-scratch`: a diffusers `UNet2DModel` (~ the transformer's size) trained in pixel space with BCE + Dice;
 * `full-random` (largest shot count only): every transformer parameter of the random generalist trained.
 
-The first three run at every shot count. The goal the project holds itself to (issue 16) is printed and
-recorded per task: at 25 and 50 shots, `lora` beats `unet-scratch` by >= 0.05 IoU in less training time.
+The first three run at every shot count (`--variants` picks some); `--pixel-loss` adds the codec's task loss
+(BCE + Dice for masks, as the U-Net's) to the transformer variants' latent loss. The U-Net never touches the
+base, so comparing two bases can `--reuse` its rows from the first run (the settings must match). The goal
+the project holds itself to (issue 16) is printed and recorded per task: at 25 and 50 shots, `lora` beats
+`unet-scratch` by >= 0.05 IoU in less training time.
 
 The random generalist re-initialises only the transformer and point encoder (seed 0: exactly the weights
 pretraining started from) and keeps the base's VAE and text encoders, so the comparison is about the
@@ -22,14 +25,16 @@ transformer's pretraining, not about having a trained VAE. No validation images 
 last weights), so each variant sees exactly `--shots` labelled images. Run:
 
     python benchmarks/fewshot.py [--base default] [--tasks cells lungs] [--steps 300]
+    python benchmarks/fewshot.py --base runs/v2/default --reuse benchmarks/results/fewshot.json --name fewshot_v2
     python benchmarks/fewshot.py --base tiny --quick          # smoke test: tiny random base, a few steps
 
-Writes ``benchmarks/results/fewshot.json`` and ``fewshot.png`` (``fewshot_quick.*`` with --quick).
+Writes ``benchmarks/results/{--name}.json`` and ``.png`` (default ``fewshot``; ``fewshot_quick`` with --quick).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,6 +66,7 @@ from adaptkit.metrics import build_codec_metrics
 from adaptkit.recipe import Recipe, TrainSection
 from adaptkit.training import OBJECTIVES, encode_samples, train, warmup_cosine
 
+VARIANTS = ("zero-shot", "lora", "lora-random", "unet-scratch", "full-random")
 #: Single-step sampling, as every adapter here is trained (and as train() validates).
 SINGLE_STEP = {"steps": 1, "guidance": 1.0, "batch_size": 32}
 
@@ -73,7 +79,7 @@ def fewshot_recipe(args: argparse.Namespace, task: str, shots: int, resolution: 
     return task_recipe(args.base, task, resolution, {
         "data.train_shots": shots, "data.val_shots": 0, "data.test_shots": pool - shots,
         "adapter.rank": args.rank, "adapter.alpha": float(args.rank), "train.steps": args.steps,
-        "train.batch_size": args.batch_size, "train.val_every": args.steps})
+        "train.batch_size": args.batch_size, "train.val_every": args.steps, "train.pixel_loss": args.pixel_loss})
 
 
 def training_samples(recipe: Recipe) -> list[Sample]:
@@ -121,7 +127,7 @@ def run_full(args: argparse.Namespace, recipe: Recipe, test: list[Sample]) -> di
     codec = build_codec(recipe.task.codec, recipe.task.codec_args)
     embeds, pooled = generalist.prompts.encode([recipe.task.prompt])
     train_set = encode_samples(generalist, codec, training_samples(recipe), hflip=False, cache_dir=None)
-    objective = OBJECTIVES["single_step"](codec)
+    objective = OBJECTIVES["single_step"](codec, recipe.train.pixel_loss)
     transformer = generalist.denoiser.transformer.train().requires_grad_(True)
     parameters = list(transformer.parameters())
 
@@ -177,8 +183,30 @@ def run_unet(args: argparse.Namespace, recipe: Recipe, test: list[Sample], resol
     return {"trainable": sum(p.numel() for p in parameters), "seconds": seconds, **values}
 
 
-def run_task(args: argparse.Namespace, task: str, resolution: int, transformer_size: int) -> list[dict[str, Any]]:
-    """Every variant on one task; rows carry task, variant, shots and % of the transformer trained."""
+#: Variants that never touch the base (the U-Net sees only the images), so a run on another base may reuse them.
+BASE_FREE_VARIANTS = ("unet-scratch",)
+
+
+def reused_rows(paths: list[str], args: argparse.Namespace, resolution: int) -> dict[tuple, dict[str, Any]]:
+    """Base-free rows of earlier runs, keyed (task, variant, shots), when every setting they depend on matches."""
+    found: dict[tuple, dict[str, Any]] = {}
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        settings = report["settings"]
+        for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("shots", args.shots),
+                           ("test", args.test), ("resolution", resolution)):
+            if settings.get(key) != value:
+                raise SystemExit(f"--reuse {path}: it ran with {key} {settings.get(key)}, this run with {value}; "
+                                 "its U-Net rows are not comparable (drop --reuse or match the setting)")
+        found |= {(r["task"], r["variant"], r["shots"]): r for r in report["rows"]
+                  if r["variant"] in BASE_FREE_VARIANTS}
+    return found
+
+
+def run_task(args: argparse.Namespace, task: str, resolution: int, transformer_size: int,
+             reused: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every variant on one task; rows carry task, variant, shots and % of the transformer trained. Rows in
+    `reused` (base-free variants of an earlier run with the same settings) are taken instead of rerun."""
     largest = fewshot_recipe(args, task, max(args.shots), resolution)
     test = test_samples(largest)
     rows: list[dict[str, Any]] = []
@@ -187,18 +215,27 @@ def run_task(args: argparse.Namespace, task: str, resolution: int, transformer_s
         row = {"task": task, "variant": variant, "shots": shots, **result,
                "percent": 100.0 * result["trainable"] / transformer_size}
         rows.append(row)
-        print(f"  {task:>10} {variant:<13} {shots:>3} shots: IoU {row['iou']:.4f}  ({row['seconds']:.0f} s)",
-              flush=True)
+        print(f"  {task:>10} {variant:<13} {shots:>3} shots: IoU {row['iou']:.4f}  ({row['seconds']:.0f} s)"
+              + (" reused" if result.get("reused") else ""), flush=True)
 
-    base = fresh_base(args.base)
-    zero = AdaptedModel(base, build_codec(largest.task.codec), TASK_PROMPTS[task], "single_step", SINGLE_STEP)
-    add("zero-shot", 0, {"trainable": 0, "seconds": 0.0, **evaluate(zero, test, progress=False).metrics})
+    if "zero-shot" in args.variants:
+        base = fresh_base(args.base)
+        zero = AdaptedModel(base, build_codec(largest.task.codec), TASK_PROMPTS[task], "single_step", SINGLE_STEP)
+        add("zero-shot", 0, {"trainable": 0, "seconds": 0.0, **evaluate(zero, test, progress=False).metrics})
+    runs = {"lora": lambda recipe: run_lora(args, recipe, test, random_init=False),
+            "lora-random": lambda recipe: run_lora(args, recipe, test, random_init=True),
+            "unet-scratch": lambda recipe: run_unet(args, recipe, test, resolution)}
     for shots in sorted(args.shots):
         recipe = fewshot_recipe(args, task, shots, resolution)
-        add("lora", shots, run_lora(args, recipe, test, random_init=False))
-        add("lora-random", shots, run_lora(args, recipe, test, random_init=True))
-        add("unet-scratch", shots, run_unet(args, recipe, test, resolution))
-    add("full-random", max(args.shots), run_full(args, largest, test))
+        for variant in (v for v in runs if v in args.variants):
+            earlier = reused.get((task, variant, shots))
+            if earlier is None:
+                add(variant, shots, runs[variant](recipe))
+            else:
+                kept = {k: v for k, v in earlier.items() if k not in ("task", "variant", "shots", "percent")}
+                add(variant, shots, kept | {"reused": True})
+    if "full-random" in args.variants:
+        add("full-random", max(args.shots), run_full(args, largest, test))
     return rows
 
 
@@ -270,6 +307,15 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=200, help="test images per task")
     parser.add_argument("--rank", type=int, default=3, help="LoRA rank (3: ~1%% of the default's transformer)")
     parser.add_argument("--full-lr", type=float, default=5e-4, help="lr of full training (pretraining's lr)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="which variants to run (all by default)")
+    parser.add_argument("--pixel-loss", action="store_true",
+                        help="train.pixel_loss for the transformer variants: the codec's task loss (BCE + Dice for "
+                             "masks, as the U-Net's) on the decoded prediction, beside the latent loss")
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
+                        help="take the U-Net rows (which do not depend on the base) from earlier fewshot results "
+                             "with the same steps, batch size, shots, test images and resolution")
+    parser.add_argument("--name", default="fewshot", help="results file stem under benchmarks/results/")
     parser.add_argument("--quick", action="store_true", help="smoke settings: 4 steps, shots 2 4, 8 test images")
     args = parser.parse_args()
     if args.quick:
@@ -284,7 +330,8 @@ def main() -> None:
             "transformer's pretraining.")
     print(f"base {args.base!r}: transformer {transformer_size:,} parameters, {resolution} px; {args.steps} steps x "
           f"batch {args.batch_size} for every variant; {args.test} test images per task.\n{note}")
-    rows = [row for task in args.tasks for row in run_task(args, task, resolution, transformer_size)]
+    reused = reused_rows(args.reuse, args, resolution)
+    rows = [row for task in args.tasks for row in run_task(args, task, resolution, transformer_size, reused)]
 
     print()
     print_table(rows, [("task", "task", ""), ("variant", "variant", ""), ("shots", "shots", "d"),
@@ -295,8 +342,8 @@ def main() -> None:
     print_table(goals, [("task", "task", ""), ("shots", "shots", "d"), ("lora_iou", "LoRA IoU", ".4f"),
                         ("unet_iou", "U-Net IoU", ".4f"), ("margin", "margin", "+.4f"),
                         ("time_ratio", "time LoRA / U-Net", ".2f"), ("met", "met", "")])
-    name = "fewshot_quick" if args.quick else "fewshot"
-    settings = {k: v for k, v in vars(args).items() if k != "quick"} | {"resolution": resolution,
+    name = f"{args.name}_quick" if args.quick else args.name
+    settings = {k: v for k, v in vars(args).items() if k not in ("quick", "name")} | {"resolution": resolution,
                                                                          "transformer_parameters": transformer_size,
                                                                          **describe(probe)}
     write_report(name, {"settings": settings, "note": note, "rows": rows, "goal": goals})
