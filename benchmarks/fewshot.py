@@ -193,10 +193,12 @@ def reused_rows(paths: list[str], args: argparse.Namespace, resolution: int) -> 
     for path in paths:
         report = json.loads(Path(path).read_text())
         settings = report["settings"]
-        for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("shots", args.shots),
+        # The largest shot count fixes the pool, hence every training set (nested prefixes) and the test set.
+        earlier = {**settings, "most_shots": max(settings.get("shots") or [0])}
+        for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("most_shots", max(args.shots)),
                            ("test", args.test), ("resolution", resolution)):
-            if settings.get(key) != value:
-                raise SystemExit(f"--reuse {path}: it ran with {key} {settings.get(key)}, this run with {value}; "
+            if earlier.get(key) != value:
+                raise SystemExit(f"--reuse {path}: it ran with {key} {earlier.get(key)}, this run with {value}; "
                                  "its U-Net rows are not comparable (drop --reuse or match the setting)")
         found |= {(r["task"], r["variant"], r["shots"]): r for r in report["rows"]
                   if r["variant"] in BASE_FREE_VARIANTS}
