@@ -66,6 +66,7 @@ from adaptkit.metrics import build_codec_metrics
 from adaptkit.recipe import Recipe, TrainSection
 from adaptkit.training import OBJECTIVES, encode_samples, train, warmup_cosine
 
+#: Every variant, in the order they run (the module docstring says what each is).
 VARIANTS = ("zero-shot", "lora", "lora-random", "unet-scratch", "full-random")
 #: Single-step sampling, as every adapter here is trained (and as train() validates).
 SINGLE_STEP = {"steps": 1, "guidance": 1.0, "batch_size": 32}
@@ -191,8 +192,12 @@ def reused_rows(paths: list[str], args: argparse.Namespace, resolution: int) -> 
     """Base-free rows of earlier runs, keyed (task, variant, shots), when every setting they depend on matches."""
     found: dict[tuple, dict[str, Any]] = {}
     for path in paths:
-        report = json.loads(Path(path).read_text())
-        settings = report["settings"]
+        try:
+            report = json.loads(Path(path).read_text())
+            settings, rows = report["settings"], report["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"--reuse {path}: not a fewshot results file ({error}); give a "
+                             "benchmarks/results/*.json that fewshot.py wrote") from None
         # The largest shot count fixes the pool, hence every training set (nested prefixes) and the test set.
         earlier = {**settings, "most_shots": max(settings.get("shots") or [0])}
         for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("most_shots", max(args.shots)),
@@ -200,8 +205,7 @@ def reused_rows(paths: list[str], args: argparse.Namespace, resolution: int) -> 
             if earlier.get(key) != value:
                 raise SystemExit(f"--reuse {path}: it ran with {key} {earlier.get(key)}, this run with {value}; "
                                  "its U-Net rows are not comparable (drop --reuse or match the setting)")
-        found |= {(r["task"], r["variant"], r["shots"]): r for r in report["rows"]
-                  if r["variant"] in BASE_FREE_VARIANTS}
+        found |= {(r["task"], r["variant"], r["shots"]): r for r in rows if r["variant"] in BASE_FREE_VARIANTS}
     return found
 
 
@@ -316,7 +320,7 @@ def main() -> None:
                              "masks, as the U-Net's) on the decoded prediction, beside the latent loss")
     parser.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
                         help="take the U-Net rows (which do not depend on the base) from earlier fewshot results "
-                             "with the same steps, batch size, shots, test images and resolution")
+                             "with the same steps, batch size, largest shot count, test images and resolution")
     parser.add_argument("--name", default="fewshot", help="results file stem under benchmarks/results/")
     parser.add_argument("--quick", action="store_true", help="smoke settings: 4 steps, shots 2 4, 8 test images")
     args = parser.parse_args()

@@ -6,10 +6,11 @@ Run:
 
     python benchmarks/synth.py [--n 200] [--resolutions 64 128] [--families scenes layers cells scans]
 
-Writes ``benchmarks/results/synth.json`` (ms per image and images/minute per family and resolution, one
-process, one thread) and ``benchmarks/results/synth_<family>.png`` (rows = samples; one titled column per
-field of the family's sample: the image, depth as inverse depth so near is bright, normals as RGB,
-instance and class maps in a fixed palette, masks bright over the dimmed image).
+Writes ``benchmarks/results/synth.json`` (ms per image and images/minute per family and resolution, in
+one process, as each of pretraining's rendering workers) and ``benchmarks/results/synth_<family>.png``
+(rows = samples; one titled column per field of the family's sample: the image, depth as inverse depth so
+near is bright, normals as RGB, instance and class maps in a fixed palette, masks bright over the dimmed
+image).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import dataclasses
 import time
 
 import numpy as np
-import torch
 from _common import RESULTS, print_table, write_report
 
 from adaptkit.inference import save_grid
@@ -77,7 +77,6 @@ def main() -> None:
     parser.add_argument("--grid-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     args = parser.parse_args()
 
-    torch.set_num_threads(1)  # the renderers are numpy; one process = one core, as in pretraining's workers
     rows = [{"family": family, "resolution": res, "ms_per_image": ms_per_image(family, args.n, res)}
             for family in args.families for res in args.resolutions]
     for row in rows:

@@ -530,7 +530,8 @@ def test_bad_eval_requests_are_refused(capsys, tmp_path, good_data, argv, messag
 
 
 # ------------------------------------------------------------------------------------------ pretrain settings
-NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(),
+                                   reason="runs where CUDA is absent (as in CI): there `--device cuda` must be refused")
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -13,7 +13,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from adaptkit.synth import LAYER_CLASSES, LAYER_FAR_DEPTH, RENDERERS, render_cells, render_layers, render_scan
+from adaptkit.synth import (
+    LAYER_CLASSES,
+    LAYER_FAR_DEPTH,
+    PRETRAINING_FAMILIES,
+    RENDERERS,
+    TASKS,
+    render_cells,
+    render_layers,
+    render_scan,
+)
 from adaptkit.synth.shapes import instance_boundaries
 
 FAMILIES_2D = ("layers", "cells", "scans")
@@ -106,15 +115,11 @@ def test_layers_show_every_kind_of_object() -> None:
                 assert (sample.instances[grown] == k - 1).any()
 
 
-def _fraction(mask: np.ndarray) -> float:
-    return float(mask.mean())
-
-
 def test_cells_foreground_is_the_cells_and_is_brighter(rendered: dict[str, list]) -> None:
     fractions = []
     for sample in rendered["cells"]:
         np.testing.assert_array_equal(sample.foreground, sample.instances > 0)
-        fractions.append(_fraction(sample.foreground))
+        fractions.append(float(sample.foreground.mean()))
         grey = sample.image.max(-1)  # the one fluorescence channel, whatever colour it is shown in
         assert grey[sample.foreground].mean() > grey[~sample.foreground].mean() + 0.05
     assert min(fractions) > 0.03 and max(fractions) < 0.6
@@ -127,7 +132,7 @@ def test_scans_lungs_are_two_dark_regions_inside_the_body(rendered: dict[str, li
     for sample in rendered["scans"]:
         np.testing.assert_array_equal(sample.lungs, np.isin(sample.instances, (1, 2)))
         assert set(np.unique(sample.instances)) == {0, 1, 2, 3}  # both lungs and the spine are in view
-        assert 0.05 < _fraction(sample.lungs) < 0.4
+        assert 0.05 < sample.lungs.mean() < 0.4
         grey = sample.image[..., 0]
         np.testing.assert_array_equal(grey, sample.image[..., 2])  # grey-scale
         spine = sample.instances == 3
@@ -140,7 +145,5 @@ def test_scans_lungs_are_two_dark_regions_inside_the_body(rendered: dict[str, li
 
 
 def test_held_out_renderers_are_not_pretraining_families() -> None:
-    from adaptkit.synth import PRETRAINING_FAMILIES, TASKS
-
     assert {TASKS["cells"].family, TASKS["lungs"].family}.isdisjoint(PRETRAINING_FAMILIES)
     assert RENDERERS["cells"] is render_cells and RENDERERS["scans"] is render_scan
