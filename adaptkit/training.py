@@ -95,6 +95,13 @@ def _content_key(sample: Sample, encoded_target: np.ndarray, resolution: int, va
 
 
 @torch.inference_mode()
+def target_pixels(encoded_target: np.ndarray, resolution: int, resample: str) -> torch.Tensor:
+    """A colour-encoded target as the VAE sees it: (3, R, R) in [0, 1] at the model's square resolution,
+    resized with the codec's resampling (`nearest` keeps discrete colours exact)."""
+    pixels = torch.from_numpy(encoded_target).permute(2, 0, 1)
+    return resize(pixels, resolution, resolution, resample).clamp(0, 1)
+
+
 def encode_samples(generalist: Generalist, codec: Codec, samples: list[Sample], hflip: bool,
                    cache_dir: Path | None, batch_size: int = 8) -> EncodedSet:
     """VAE-encode every (image, colour-encoded target) pair, and its flip, once, keyed by content hash.
@@ -109,10 +116,10 @@ def encode_samples(generalist: Generalist, codec: Codec, samples: list[Sample], 
     todo = []
     for index, sample in enumerate(variants):
         encoded = codec.encode(sample.target)
-        pixels = resize(torch.from_numpy(encoded).permute(2, 0, 1), resolution, resolution, codec.resample)
+        pixels = target_pixels(encoded, resolution, codec.resample)
         key = _content_key(sample, encoded, resolution, fingerprint)
         path = cache_dir / f"{key}.safetensors" if cache_dir else None
-        rows[index]["target_pixels"] = pixels.clamp(0, 1)
+        rows[index]["target_pixels"] = pixels
         if path is not None and path.is_file():
             rows[index].update(load_file(str(path)))
         else:

@@ -62,11 +62,11 @@ from adaptkit.adapters import add_lora
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.data import Sample, check_all, hflip_sample, load_splits
 from adaptkit.generalist import MAX_POINTS, Generalist
-from adaptkit.images import resize, to_model_batch
+from adaptkit.images import to_model_batch
 from adaptkit.pretrain import DEFAULT_SPEC
 from adaptkit.recipe import AdapterSection, Recipe, load_recipe
 from adaptkit.tiny import TinySpec, build_tiny_generalist
-from adaptkit.training import OBJECTIVES, AdapterModule, encode_samples
+from adaptkit.training import OBJECTIVES, AdapterModule, encode_samples, target_pixels
 
 SPECS = {"tiny": TinySpec(), "default": DEFAULT_SPEC}
 MODES = ("cached", "uncached")
@@ -102,9 +102,8 @@ class EncodeEveryStepSet:
         self.generalist = generalist
         self.records = [v for s in samples for v in ([s, hflip_sample(s, codec)] if hflip else [s])]
         self.images = to_model_batch([s.image for s in self.records], resolution)
-        targets = [resize(torch.from_numpy(codec.encode(s.target)).permute(2, 0, 1), resolution, resolution,
-                          codec.resample).clamp(0, 1) for s in self.records]
-        self.target_pixels = torch.stack(targets)
+        self.target_pixels = torch.stack([target_pixels(codec.encode(s.target), resolution, codec.resample)
+                                          for s in self.records])
         encoded = [generalist.denoiser.point_encoder.normalise(s.points, (s.image.shape[1], s.image.shape[0]),
                                                                 resolution) for s in self.records]
         self.points = torch.stack([p for p, _ in encoded])
