@@ -13,8 +13,8 @@ step) and the same `--test` test images:
 * `unet-scratch`: a diffusers `UNet2DModel` (~ the transformer's size) trained in pixel space with BCE + Dice;
 * `full-random` (largest shot count only): every transformer parameter of the random generalist trained;
 * `vae-round-trip` (no training): each test target colour-encoded, through the base's VAE and back, scored as a
-  prediction is. It is the most any variant that predicts through this VAE can score, so the goal is recorded
-  as unreachable where the U-Net's IoU plus the margin exceeds it.
+  prediction is: what a transformer variant predicting its training latents perfectly would score. The goal is
+  recorded as unreachable where the U-Net's IoU plus the margin exceeds it.
 
 The first three run at every shot count (`--variants` picks some); `--pixel-loss` adds the codec's task loss
 (BCE + Dice for masks, as the U-Net's) to the transformer variants' latent loss. The U-Net never touches the
@@ -190,7 +190,7 @@ def run_unet(args: argparse.Namespace, recipe: Recipe, test: list[Sample], resol
 @torch.inference_mode()
 def run_vae_round_trip(args: argparse.Namespace, recipe: Recipe, test: list[Sample]) -> dict[str, Any]:
     """The test targets encoded as training encodes them (posterior mean), decoded as a prediction is (resized
-    back to each target's size, then the codec): what is lost here no denoiser can win back."""
+    back to each target's size, then the codec): the score of a perfect prediction of the training latents."""
     generalist = fresh_base(args.base, text_encoders=False)
     codec = build_codec(recipe.task.codec, recipe.task.codec_args)
     metrics = build_codec_metrics(codec, recipe.eval.metrics or None)
