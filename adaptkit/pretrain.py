@@ -47,10 +47,11 @@ from adaptkit.tasks import BUILTIN_TASKS
 from adaptkit.tiny import TinySpec, build_tiny_generalist
 from adaptkit.training import OBJECTIVES, Denoise, warmup_cosine
 
-#: The default's architecture: 4 blocks of 4 x 32 heads (2.3 M transformer parameters), 64 px images and
-#: a 4x VAE (16 x 16 x 16 latents): sized so that pretraining fits an afternoon of 2 CPU cores and a
-#: few-shot LoRA run a few minutes (see benchmarks/ and the README).
-DEFAULT_SPEC = TinySpec(resolution=64, layers=4, heads=4, head_dim=32, vae_channels=(16, 32, 64),
+#: The default's architecture: 4 blocks of 4 x 32 heads (2.3 M transformer parameters), 64 px images, a 4x
+#: VAE (16 x 16 x 16 latents) and patch 1, so each image token is 4 x 4 pixels (patch 2's 8 x 8 tokens could
+#: not draw thin or small objects): sized so that pretraining fits an hour of 2 CPU cores and a few-shot
+#: LoRA run two minutes (see benchmarks/ and the README).
+DEFAULT_SPEC = TinySpec(resolution=64, layers=4, heads=4, head_dim=32, patch_size=1, vae_channels=(16, 32, 64),
                         vae_norm_groups=8, clip_dim=32, t5_dim=64, text_layers=1, max_tokens=12,
                         num_frequencies=64, seed=0, name="adaptkit-default")
 
@@ -72,14 +73,14 @@ class PretrainConfig:
     """
 
     seed: int = 0
-    families: dict[str, float] = field(default_factory=lambda: {"scenes": 0.4, "layers": 0.6})
+    families: dict[str, float] = field(default_factory=lambda: {"scenes": 0.6, "layers": 0.4})
     precision: str = "fp32"
-    scenes: int = 3000
+    scenes: int = 4000
     val_scenes: int = 100
     vae_steps: int = 2500
     vae_batch: int = 8
     vae_lr: float = 1e-3
-    steps: int = 6000
+    steps: int = 7500
     batch: int = 16
     lr: float = 5e-4
     warmup: int = 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import nbformat
@@ -13,6 +14,7 @@ from adaptkit.codecs import build_codec
 from adaptkit.data import check_all, open_source
 from adaptkit.generalist import DEFAULT_GENERALIST_DIR, load_generalist
 from adaptkit.inference import builtin_task, evaluate
+from adaptkit.pretrain import PretrainConfig
 from adaptkit.recipe import load_recipe
 from adaptkit.training import train
 
@@ -29,6 +31,12 @@ def test_the_default_is_recorded_and_small(default):
     assert report["config"]["objective"] == default.config.objective == "single_step"
     size = sum(f.stat().st_size for f in DEFAULT_GENERALIST_DIR.rglob("*") if f.is_file())
     assert size < 25 * 2**20  # a few MB inside the package
+
+
+def test_a_plain_adaptkit_pretrain_rebuilds_the_shipped_default():
+    """The README's rebuild command (`adaptkit pretrain` with no settings) must mean the default that ships."""
+    recorded = json.loads((DEFAULT_GENERALIST_DIR / "pretraining.json").read_text())["config"]
+    assert recorded == json.loads(json.dumps(asdict(PretrainConfig())))
 
 
 def _synth_samples(task: str, codec: str, count: int = 24):
