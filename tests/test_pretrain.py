@@ -92,7 +92,7 @@ def test_a_resumed_run_keeps_its_settings(uninterrupted):
     with pytest.raises(RecipeError, match=r"lr was 0\.0005 in .*config\.json, not 0\.1; a resumed run keeps"):
         pretrain_config(uninterrupted, {"lr": 0.1})
     with pytest.raises(RecipeError, match="spec was"):
-        pretrain_config(uninterrupted, {"spec": {"patch_size": 1}})
+        pretrain_config(uninterrupted, {"spec": {"patch_size": 2}})
 
 
 def test_bf16_pretraining_trains_fp32_weights(tmp_path):
