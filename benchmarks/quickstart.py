@@ -5,7 +5,7 @@ quickstart on other generalists side by side (`default` is the shipped one; a fo
 as `pretrain-runs/NAME/default`), so a new default's cost is a ratio measured in one run. Run it on a
 quiet machine:
 
-    python benchmarks/quickstart.py --bases default pretrain-runs/p1l/default
+    python benchmarks/quickstart.py --bases default pretrain-runs/NEXT/default
 """
 
 from __future__ import annotations
