@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from _common import RESULTS, print_table, write_report
 from _fewshot_common import (
     TASK_PROMPTS,
@@ -75,15 +76,29 @@ VARIANTS = ("zero-shot", "lora", "lora-random", "unet-scratch", "full-random", "
 SINGLE_STEP = {"steps": 1, "guidance": 1.0, "batch_size": 32}
 
 
-def fewshot_recipe(args: argparse.Namespace, task: str, shots: int, resolution: int) -> Recipe:
-    """`shots` training images and no validation. The pool size is fixed (max shots + test), so the seeded
-    permutation is the same for every shot count: k-shot training sets are prefixes of the largest, and the
-    test images (the pool after the largest training set) never overlap any of them."""
+def fewshot_recipe(args: argparse.Namespace, task: str, shots: int, resolution: int,
+                   extra: dict[str, Any] | None = None) -> Recipe:
+    """`shots` training images and no validation (`extra`: further recipe overrides, e.g. `--lora-set`'s).
+    The pool size is fixed (max shots + test), so the seeded permutation is the same for every shot count:
+    k-shot training sets are prefixes of the largest, and the test images (the pool after the largest training
+    set) never overlap any of them."""
     pool = max(args.shots) + args.test
     return task_recipe(args.base, task, resolution, {
         "data.train_shots": shots, "data.val_shots": 0, "data.test_shots": pool - shots,
         "adapter.rank": args.rank, "adapter.alpha": float(args.rank), "train.steps": args.steps,
-        "train.batch_size": args.batch_size, "train.val_every": args.steps, "train.pixel_loss": args.pixel_loss})
+        "train.batch_size": args.batch_size, "train.val_every": args.steps, "train.pixel_loss": args.pixel_loss,
+        **(extra or {})})
+
+
+def dotted_settings(texts: list[str]) -> dict[str, Any]:
+    """`["train.lr=0.01"]` -> `{"train.lr": 0.01}` (values read as YAML), the form `fewshot_recipe` merges."""
+    settings = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise SystemExit(f"--lora-set {text!r}: expected KEY=VALUE, e.g. train.lr=0.01")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
 
 
 def training_samples(recipe: Recipe) -> list[Sample]:
@@ -254,12 +269,14 @@ def run_task(args: argparse.Namespace, task: str, resolution: int, transformer_s
     runs = {"lora": lambda recipe: run_lora(args, recipe, test, random_init=False),
             "lora-random": lambda recipe: run_lora(args, recipe, test, random_init=True),
             "unet-scratch": lambda recipe: run_unet(args, recipe, test, resolution)}
+    lora_settings = dotted_settings(args.lora_set)
     for shots in sorted(args.shots):
         recipe = fewshot_recipe(args, task, shots, resolution)
+        lora_recipe = fewshot_recipe(args, task, shots, resolution, lora_settings)
         for variant in (v for v in runs if v in args.variants):
             earlier = reused.get((task, variant, shots))
             if earlier is None:
-                add(variant, shots, runs[variant](recipe))
+                add(variant, shots, runs[variant](lora_recipe if variant.startswith("lora") else recipe))
             else:
                 kept = {k: v for k, v in earlier.items() if k not in ("task", "variant", "shots", "percent")}
                 add(variant, shots, kept | {"reused": True})
@@ -349,6 +366,10 @@ def main() -> None:
     parser.add_argument("--pixel-loss", action="store_true",
                         help="train.pixel_loss for the transformer variants: the codec's task loss (BCE + Dice for "
                              "masks, as the U-Net's) on the decoded prediction, beside the latent loss")
+    parser.add_argument("--lora-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides for the LoRA variants only, e.g. train.lr=0.01 "
+                             "adapter.targets=all-linear (the U-Net keeps quickstart.yaml's settings, so --reuse "
+                             "stays valid)")
     parser.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
                         help="take the U-Net rows (which do not depend on the base) from earlier fewshot results "
                              "with the same steps, batch size, largest shot count, test images and resolution")
