@@ -12,6 +12,8 @@ step) and the same `--test` test images:
 * `lora-random`: the same LoRA on a randomly initialised generalist of the same architecture;
 * `unet-scratch`: a diffusers `UNet2DModel` (~ the transformer's size) trained in pixel space with BCE + Dice;
 * `full-random` (largest shot count only): every transformer parameter of the random generalist trained;
+* `full-pretrained` (largest shot count only): every transformer parameter of the pretrained base trained: whether
+  a shortfall of `lora` is the adapter's (its ~1% of the parameters) or the base's;
 * `vae-round-trip` (no training): each test target colour-encoded, through the base's VAE and back, scored as a
   prediction is: what a transformer variant predicting its training latents perfectly would score. The goal is
   recorded as unreachable where the U-Net's IoU plus the margin exceeds it.
@@ -74,7 +76,7 @@ from adaptkit.recipe import Recipe, TrainSection
 from adaptkit.training import OBJECTIVES, encode_samples, target_pixels, train, warmup_cosine
 
 #: Every variant, in the order they run (the module docstring says what each is).
-VARIANTS = ("zero-shot", "lora", "lora-random", "unet-scratch", "full-random", "vae-round-trip")
+VARIANTS = ("zero-shot", "lora", "lora-random", "unet-scratch", "full-random", "full-pretrained", "vae-round-trip")
 #: Single-step sampling, as every adapter here is trained (and as train() validates).
 SINGLE_STEP = {"steps": 1, "guidance": 1.0, "batch_size": 32}
 
@@ -150,9 +152,10 @@ def run_lora(args: argparse.Namespace, recipe: Recipe, test: list[Sample], rando
     return {"trainable": result.trainable_parameters, "seconds": clock.seconds, **metrics, "train_iou": fitted["iou"]}
 
 
-def run_full(args: argparse.Namespace, recipe: Recipe, test: list[Sample]) -> dict[str, Any]:
-    """All transformer parameters of the random generalist, single-step objective, cached latents as train()."""
-    generalist = fresh_base(args.base, random_init=True)
+def run_full(args: argparse.Namespace, recipe: Recipe, test: list[Sample], random_init: bool) -> dict[str, Any]:
+    """All transformer parameters of the random or pretrained generalist, single-step objective, cached latents
+    as train()."""
+    generalist = fresh_base(args.base, random_init=random_init)
     codec = build_codec(recipe.task.codec, recipe.task.codec_args)
     embeds, pooled = generalist.prompts.encode([recipe.task.prompt])
     train_set = encode_samples(generalist, codec, training_samples(recipe), hflip=False, cache_dir=None)
@@ -298,8 +301,9 @@ def run_task(args: argparse.Namespace, task: str, resolution: int, transformer_s
             else:
                 kept = {k: v for k, v in earlier.items() if k not in ("task", "variant", "shots", "percent")}
                 add(variant, shots, kept | {"reused": True})
-    if "full-random" in args.variants:
-        add("full-random", max(args.shots), run_full(args, largest, test))
+    for variant, random_init in (("full-random", True), ("full-pretrained", False)):
+        if variant in args.variants:
+            add(variant, max(args.shots), run_full(args, largest, test, random_init))
     if "vae-round-trip" in args.variants:
         add("vae-round-trip", 0, run_vae_round_trip(args, largest, test))
     return rows
@@ -335,8 +339,8 @@ def plot(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.6 * len(tasks)), squeeze=False)
-    colours = {"lora": "C0", "lora-random": "C1", "full-random": "C2", "unet-scratch": "C3", "zero-shot": "C7",
-               "vae-round-trip": "k"}
+    colours = {"lora": "C0", "lora-random": "C1", "full-random": "C2", "full-pretrained": "C4", "unet-scratch": "C3",
+               "zero-shot": "C7", "vae-round-trip": "k"}
     for (curve, bars), task in zip(axes, tasks, strict=True):
         mine = [r for r in rows if r["task"] == task]
         labels = {"lora": "LoRA, pretrained (0 = zero-shot)", "lora-random": "LoRA, random init",
@@ -348,7 +352,7 @@ def plot(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
             curve.plot([r["shots"] for r in points], [r["iou"] for r in points], marker="o",
                        color=colours[variant], label=label)
         for r in mine:
-            if r["variant"] == "full-random":
+            if r["variant"].startswith("full-"):
                 curve.axhline(r["iou"], ls="--", color=colours[r["variant"]], label=f"{r['variant']} ({r['shots']})")
             elif r["variant"] == "vae-round-trip":
                 curve.axhline(r["iou"], ls=":", color=colours[r["variant"]], label="VAE round trip (ceiling)")
