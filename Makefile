@@ -8,7 +8,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test test-fast lint clean
+.PHONY: install quickstart test test-fast lint clean device-wheels
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,13 @@ test: lint
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The packages a lent GPU machine's image lacks (diffusers and what it needs there, pycocotools), as wheels in .whl/
+# for benchmarks/device_pretrain.sh to install there (its Python is 3.12 on x86-64).
+device-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl diffusers==0.42.1 pycocotools==2.0.11 importlib_metadata
 
 clean:
 	rm -rf $(VENV) runs
