@@ -18,11 +18,11 @@ step) and the same `--test` test images:
   prediction is: what a transformer variant predicting its training latents perfectly would score. The goal is
   recorded as unreachable where the U-Net's IoU plus the margin exceeds it.
 
-The first three run at every shot count (`--variants` picks some); `--pixel-loss` adds the codec's task loss
-(BCE + Dice for masks, as the U-Net's) to the transformer variants' latent loss, and `--lora-set KEY=VALUE`
-changes the LoRA variants' recipe (rate, targets, rank...). Every trained variant also reports `train_iou`, its
-IoU on its own labelled images: low there too means it under-fits (capacity or optimisation), high there
-but not on the test images means it over-fits. The U-Net never touches the
+`lora`, `lora-random` and `unet-scratch` run at every shot count (`--variants` picks some); `--pixel-loss`
+adds the codec's task loss (BCE + Dice for masks, as the U-Net's) to the transformer variants' latent loss, and
+`--lora-set KEY=VALUE` changes the LoRA variants' recipe (rate, targets, rank...). Every trained variant also
+reports `train_iou`, its IoU on its own labelled images: low there too means it under-fits (capacity or
+optimisation), high there but not on the test images means it over-fits. The U-Net never touches the
 base, so comparing two bases can `--reuse` its rows from the first run (the settings must match). The goal
 the project holds itself to (issue 16) is printed and recorded per task: at 25 and 50 shots, `lora` beats
 `unet-scratch` by >= 0.05 IoU in less training time.
