@@ -26,7 +26,8 @@ if compgen -G "$wheels/*.whl" >/dev/null; then  # the device tool's way of carry
         "$wheels"/*.whl || exit 1
     export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# progress bars refresh every 10 s at most, so the log that comes back stays short
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-10}
 
 # SIGINT at the limit: the CLI stops cleanly at the last checkpoint and says how to resume.
 timeout -s INT "${BUDGET_S:-510}" python3 -m adaptkit.cli pretrain --out "$run_root/$name" \
