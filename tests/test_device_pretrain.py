@@ -10,6 +10,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from adaptkit.generalist import Generalist
 from adaptkit.pretrain import pretrain_config
 
@@ -20,6 +22,7 @@ SETTINGS = ["scenes=6", "val_scenes=3", "vae_steps=2", "vae_batch=4", "steps=2",
             "spec.vae_norm_groups=4", "spec.clip_dim=16", "spec.t5_dim=32", "spec.num_frequencies=8"]
 
 
+@pytest.mark.slow
 def test_the_device_run_comes_back_in_parts_that_resume_and_load(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "WORKERS": "1", "PRECISION": "fp32",
