@@ -45,14 +45,13 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from _common import RESULTS, print_table, write_report
 from _fewshot_common import (
     TASK_PROMPTS,
@@ -72,7 +71,7 @@ from adaptkit.data import Sample, check_all, hflip_sample, load_splits
 from adaptkit.images import resize, to_model_batch
 from adaptkit.inference import evaluate
 from adaptkit.metrics import build_codec_metrics
-from adaptkit.recipe import Recipe, TrainSection
+from adaptkit.recipe import Recipe, RecipeError, TrainSection, parse_overrides
 from adaptkit.training import OBJECTIVES, encode_samples, target_pixels, train, warmup_cosine
 
 #: Every variant, in the order they run (the module docstring says what each is).
@@ -96,14 +95,17 @@ def fewshot_recipe(args: argparse.Namespace, task: str, shots: int, resolution: 
 
 
 def dotted_settings(texts: list[str]) -> dict[str, Any]:
-    """`["train.lr=0.01"]` -> `{"train.lr": 0.01}` (values read as YAML), the form `fewshot_recipe` merges."""
-    settings = {}
-    for text in texts:
-        key, sep, value = text.partition("=")
-        if not sep:
-            raise SystemExit(f"--lora-set {text!r}: expected KEY=VALUE, e.g. train.lr=0.01")
-        settings[key.strip()] = yaml.safe_load(value)
-    return settings
+    """`["train.lr=0.01"]` -> `{"train.lr": 0.01}`: read as `adaptkit train` reads its overrides
+    (`parse_overrides`), flattened into the dotted form `fewshot_recipe` merges."""
+
+    def flatten(mapping: dict[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
+        for key, value in mapping.items():
+            if isinstance(value, dict):
+                yield from flatten(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    return dict(flatten(parse_overrides(texts), ""))
 
 
 def labelled_samples(recipe: Recipe) -> list[Sample]:
@@ -113,10 +115,9 @@ def labelled_samples(recipe: Recipe) -> list[Sample]:
     return check_all(source, splits.train)
 
 
-def training_samples(recipe: Recipe) -> list[Sample]:
-    """The recipe's training images plus their mirror images, exactly the rows train() caches."""
+def with_mirrors(recipe: Recipe, samples: list[Sample]) -> list[Sample]:
+    """The training images plus their mirror images (when the recipe flips), exactly the rows train() caches."""
     codec = build_codec(recipe.task.codec, recipe.task.codec_args)
-    samples = labelled_samples(recipe)
     return [v for s in samples for v in ([s, hflip_sample(s, codec)] if recipe.data.hflip else [s])]
 
 
@@ -158,7 +159,8 @@ def run_full(args: argparse.Namespace, recipe: Recipe, test: list[Sample], rando
     generalist = fresh_base(args.base, random_init=random_init)
     codec = build_codec(recipe.task.codec, recipe.task.codec_args)
     embeds, pooled = generalist.prompts.encode([recipe.task.prompt])
-    train_set = encode_samples(generalist, codec, training_samples(recipe), hflip=False, cache_dir=None)
+    labelled = labelled_samples(recipe)
+    train_set = encode_samples(generalist, codec, with_mirrors(recipe, labelled), hflip=False, cache_dir=None)
     objective = OBJECTIVES["single_step"](codec, recipe.train.pixel_loss)
     transformer = generalist.denoiser.transformer.train().requires_grad_(True)
     parameters = list(transformer.parameters())
@@ -177,7 +179,7 @@ def run_full(args: argparse.Namespace, recipe: Recipe, test: list[Sample], rando
     generalist.requires_grad_(False).eval()
     model = AdaptedModel(generalist, codec, recipe.task.prompt, "single_step", SINGLE_STEP)
     metrics = evaluate(model, test, progress=False).metrics
-    fitted = evaluate(model, labelled_samples(recipe), progress=False).metrics
+    fitted = evaluate(model, labelled, progress=False).metrics
     return {"trainable": sum(p.numel() for p in parameters), "seconds": seconds, **metrics, "train_iou": fitted["iou"]}
 
 
@@ -191,7 +193,8 @@ def build_unet(resolution: int) -> UNet2DModel:
 
 def run_unet(args: argparse.Namespace, recipe: Recipe, test: list[Sample], resolution: int) -> dict[str, Any]:
     """The specialist baseline: a U-Net from scratch on the same images (timestep fixed at 0), BCE + Dice."""
-    samples = training_samples(recipe)
+    labelled = labelled_samples(recipe)
+    samples = with_mirrors(recipe, labelled)
     images = to_model_batch([s.image for s in samples], resolution)
     masks = torch.stack([resize(torch.from_numpy(s.target).float()[None], resolution, resolution, "nearest")[0]
                          for s in samples])
@@ -205,7 +208,7 @@ def run_unet(args: argparse.Namespace, recipe: Recipe, test: list[Sample], resol
     seconds = optimise(parameters, loss_of, len(samples), recipe.train, recipe.train.lr)
     unet.eval()
     values = score_unet(unet, recipe, test, resolution)
-    fitted = score_unet(unet, recipe, labelled_samples(recipe), resolution)
+    fitted = score_unet(unet, recipe, labelled, resolution)
     return {"trainable": sum(p.numel() for p in parameters), "seconds": seconds, **values, "train_iou": fitted["iou"]}
 
 
@@ -268,7 +271,7 @@ def reused_rows(paths: list[str], args: argparse.Namespace, resolution: int) -> 
 
 
 def run_task(args: argparse.Namespace, task: str, resolution: int, transformer_size: int,
-             reused: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+             reused: dict[tuple, dict[str, Any]], lora_settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Every variant on one task; rows carry task, variant, shots and % of the transformer trained. Rows in
     `reused` (base-free variants of an earlier run with the same settings) are taken instead of rerun."""
     largest = fewshot_recipe(args, task, max(args.shots), resolution)
@@ -290,7 +293,6 @@ def run_task(args: argparse.Namespace, task: str, resolution: int, transformer_s
     runs = {"lora": lambda recipe: run_lora(args, recipe, test, random_init=False),
             "lora-random": lambda recipe: run_lora(args, recipe, test, random_init=True),
             "unet-scratch": lambda recipe: run_unet(args, recipe, test, resolution)}
-    lora_settings = dotted_settings(args.lora_set)
     for shots in sorted(args.shots):
         recipe = fewshot_recipe(args, task, shots, resolution)
         lora_recipe = fewshot_recipe(args, task, shots, resolution, lora_settings)
@@ -411,7 +413,13 @@ def main() -> None:
     print(f"base {args.base!r}: transformer {transformer_size:,} parameters, {resolution} px; {args.steps} steps x "
           f"batch {args.batch_size} for every variant; {args.test} test images per task.\n{note}")
     reused = reused_rows(args.reuse, args, resolution)
-    rows = [row for task in args.tasks for row in run_task(args, task, resolution, transformer_size, reused)]
+    try:  # a bad --lora-set ends here in one line, before any training
+        lora_settings = dotted_settings(args.lora_set)
+        fewshot_recipe(args, args.tasks[0], max(args.shots), resolution, lora_settings)
+    except RecipeError as error:
+        raise SystemExit(f"--lora-set {' '.join(args.lora_set)}: {error}") from None
+    rows = [row for task in args.tasks
+            for row in run_task(args, task, resolution, transformer_size, reused, lora_settings)]
 
     print()
     print_table(rows, [("task", "task", ""), ("variant", "variant", ""), ("shots", "shots", "d"),
