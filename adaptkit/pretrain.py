@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from adaptkit.bases import DEFAULT_GENERALIST_DIR
 from adaptkit.codecs import Instances, build_codec
-from adaptkit.generalist import DICEPTION_TASK_PROMPTS, Generalist
+from adaptkit.generalist import DICEPTION_TASK_PROMPTS, CheckpointError, Generalist, resolve_folder
 from adaptkit.images import to_model_batch
 from adaptkit.metrics import build_codec_metrics, default_metric_names
 from adaptkit.recipe import RecipeError, build_section
@@ -59,6 +60,8 @@ DEFAULT_SPEC = TinySpec(resolution=64, layers=4, heads=4, head_dim=32, patch_siz
 STAGES = ("vae", "generalist")
 #: Index of the first validation scene: far from every training scene, whatever `scenes` is.
 VAL_FIRST = 10_000_000
+#: The report beside a pretrained generalist's weights: its settings, zero-shot scores and training seconds.
+PRETRAINING_REPORT = "pretraining.json"
 #: Numeric precisions of the forward and backward passes (weights and optimiser state stay fp32).
 PRECISIONS = ("fp32", "bf16")
 
@@ -69,10 +72,13 @@ class PretrainConfig:
 
     `families` mixes the synthetic world's image families (each scene's family is drawn with these weights);
     the held-out families are refused, so few-shot evidence on them stays about transfer. `spec` overrides
-    `DEFAULT_SPEC` key by key (`spec.patch_size=1` keeps every other size).
+    `DEFAULT_SPEC` key by key (`spec.patch_size=1` keeps every other size). `init` names a generalist that
+    adaptkit pretrained (`default` or its folder) whose weights the run starts from instead of random ones:
+    pretraining continued on any machine, with a fresh optimiser and schedule, from weights alone.
     """
 
     seed: int = 0
+    init: str = ""
     families: dict[str, float] = field(default_factory=lambda: {"scenes": 0.6, "layers": 0.4})
     precision: str = "fp32"
     scenes: int = 4000
@@ -432,11 +438,15 @@ RESUMABLE_CHANGES = ("steps", "vae_steps", "checkpoint_every")
 
 
 def pretrain_config(out: str | Path, overrides: dict) -> PretrainConfig:
-    """The settings of a run in `out`: a new run's are the defaults with `overrides`; a resumed run starts from
+    """The settings of a run in `out`: a new run's are the defaults with `overrides` (sizes from `init` where
+    one is named); a resumed run starts from
     the settings it recorded, and may change only `RESUMABLE_CHANGES` (anything else would silently splice two
     different runs together)."""
     recorded_path = Path(out) / "config.json"
     if not recorded_path.is_file():
+        if overrides.get("init"):  # a continued generalist keeps its sizes unless told otherwise (then refused)
+            spec = init_report(str(overrides["init"]))[1]["config"]["spec"]
+            overrides = {**overrides, "spec": {**spec, **overrides.get("spec", {})}}
         return build_section(PretrainConfig, overrides, "pretrain settings")
     recorded = json.loads(recorded_path.read_text())
     merged = {**recorded, **overrides, "spec": {**recorded.get("spec", {}), **overrides.get("spec", {})}}
@@ -458,10 +468,10 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tupl
     """
     config = config or PretrainConfig()
     out = Path(out)
+    spec = TinySpec(**{**config.spec, "vae_channels": tuple(config.spec["vae_channels"])})
+    generalist, lineage = starting_generalist(config, spec, device)  # a bad `init` fails before the run exists
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
-    spec = TinySpec(**{**config.spec, "vae_channels": tuple(config.spec["vae_channels"])})
-    generalist = build_tiny_generalist(spec).to_runtime(device, torch.float32)
     report: dict[str, float] = {}
     if "vae" in stages:
         report |= train_vae(generalist, config, out, workers)
@@ -473,14 +483,43 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tupl
     generalist.config.description = (
         f"adaptkit's embedded default: {spec.layers} x {spec.heads * spec.head_dim} SD3 transformer (patch "
         f"{spec.patch_size}) pretrained with the {config.objective} objective on the synthetic world's {families} "
-        f"({config.scenes} scenes, {config.steps} steps)")
+        f"({config.scenes} scenes, {config.steps} steps" + (f", continuing {config.init}" if config.init else "") + ")")
     generalist.config.task_prompts = {task.prompt_key: DICEPTION_TASK_PROMPTS[task.prompt_key]
                                       for task in BUILTIN_TASKS.values()}
     generalist.config.objective = config.objective
     generalist = generalist.to("cpu")
     generalist.save_pretrained(out / "default", max_shard_size="15MB")
     seconds = {stage: Checkpoint(out / stage).state["seconds"] for stage in STAGES}
-    (out / "default" / "pretraining.json").write_text(json.dumps(
-        {"config": asdict(config), "zero_shot": report, "device": str(device), "training_seconds": seconds},
-        indent=2))
+    (out / "default" / PRETRAINING_REPORT).write_text(json.dumps(
+        {"config": asdict(config), "zero_shot": report, "device": str(device), "training_seconds": seconds,
+         **({"init": lineage} if lineage else {})}, indent=2))
     return generalist
+
+
+def starting_generalist(config: PretrainConfig, spec: TinySpec, device: str) -> tuple[Generalist, dict | None]:
+    """Random weights of `spec`, or those of `config.init` with the report of the pretraining that made them
+    (kept in the new report, so a continued default still says everything it cost). Only a generalist with
+    such a report can be continued, and only with its own sizes: anything else would not be that run."""
+    if not config.init:
+        return build_tiny_generalist(spec).to_runtime(device, torch.float32), None
+    folder, lineage = init_report(config.init)
+    recorded = lineage["config"]["spec"]
+    differing = [key for key, value in config.spec.items() if json.loads(json.dumps(value)) != recorded.get(key)]
+    if differing:
+        raise RecipeError(f"init {config.init!r}: spec.{differing[0]} is {config.spec[differing[0]]!r} here but "
+                          f"{recorded.get(differing[0])!r} in {folder / PRETRAINING_REPORT}; a continued run keeps "
+                          "the sizes it starts from (drop the spec.* settings)")
+    return Generalist.from_pretrained(folder, device=device, dtype=torch.float32), lineage
+
+
+def init_report(init: str) -> tuple[Path, dict]:
+    """The folder of generalist `init` (`default`, a folder or a Hub id) and the report of its pretraining."""
+    try:
+        folder = DEFAULT_GENERALIST_DIR if init == "default" else resolve_folder(init)
+    except CheckpointError as error:
+        raise RecipeError(f"init {init!r}: {error}") from None
+    report_path = folder / PRETRAINING_REPORT
+    if not report_path.is_file():
+        raise RecipeError(f"init {init!r}: {report_path} is missing; only a generalist written by `adaptkit "
+                          "pretrain` can be continued (its sizes and cost are read from that report)")
+    return folder, json.loads(report_path.read_text())

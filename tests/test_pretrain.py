@@ -95,6 +95,33 @@ def test_a_resumed_run_keeps_its_settings(uninterrupted):
         pretrain_config(uninterrupted, {"spec": {"patch_size": 2}})
 
 
+def test_a_run_continues_from_a_pretrained_generalist(uninterrupted, tmp_path):
+    init = str(uninterrupted / "default")
+    settings = {"init": init, "scenes": 6, "val_scenes": 3, "steps": 2, "batch": 4, "warmup": 1, "lr": 0.0}
+    continued = pretrain_config(tmp_path / "run", settings)
+    assert continued.spec == config().spec  # the sizes come from the generalist it continues
+    pretrain(tmp_path / "run", continued, stages=("generalist",))
+
+    start = Generalist.from_pretrained(init, device="cpu").state_dict()
+    written = Generalist.from_pretrained(tmp_path / "run" / "default", device="cpu").state_dict()
+    for name, tensor in start.items():  # lr 0: the continued weights are the ones it started from, VAE included
+        torch.testing.assert_close(written[name], tensor, rtol=0, atol=0, msg=name)
+    report = json.loads((tmp_path / "run" / "default" / "pretraining.json").read_text())
+    assert report["init"] == json.loads((uninterrupted / "default" / "pretraining.json").read_text())
+    assert report["config"]["init"] == init and "continuing" in json.loads(
+        (tmp_path / "run" / "default" / "generalist.json").read_text())["description"]
+
+
+def test_a_continued_run_refuses_other_sizes_or_an_unreported_start(uninterrupted, tmp_path):
+    with pytest.raises(RecipeError, match=r"init .*: spec\.layers is 2 here but 1 in .*pretraining\.json; a "
+                                          r"continued run keeps the sizes"):
+        pretrain(tmp_path / "run", config(init=str(uninterrupted / "default"), spec={**SPEC, "layers": 2}))
+    assert not (tmp_path / "run").exists()  # refused before the run folder exists, so a corrected rerun starts
+    Generalist.from_pretrained(uninterrupted / "default", device="cpu").save_pretrained(tmp_path / "bare")
+    with pytest.raises(RecipeError, match=r"bare/pretraining\.json is missing; only a generalist written by"):
+        pretrain_config(tmp_path / "run", {"init": str(tmp_path / "bare")})
+
+
 def test_bf16_pretraining_trains_fp32_weights(tmp_path):
     pretrain(tmp_path / "run", config(precision="bf16", vae_steps=2, steps=2), stages=("vae", "generalist"))
     trained = weights(tmp_path / "run")
