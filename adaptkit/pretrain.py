@@ -477,6 +477,8 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tupl
         report |= train_vae(generalist, config, out, workers)
     elif (out / "vae" / "model.safetensors").is_file():
         generalist.vae.load_state_dict(load_file(str(out / "vae" / "model.safetensors"), device=str(device)))
+    elif lineage and "vae_psnr_db" in lineage["zero_shot"]:  # the start's VAE, untouched: its score still holds
+        report["vae_psnr_db"] = lineage["zero_shot"]["vae_psnr_db"]
     if "generalist" in stages:
         report |= train_generalist(generalist, config, out, workers)
     families = " and ".join(sorted(config.families)) + (" family" if len(config.families) == 1 else " families")

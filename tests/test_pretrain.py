@@ -108,6 +108,7 @@ def test_a_run_continues_from_a_pretrained_generalist(uninterrupted, tmp_path):
         torch.testing.assert_close(written[name], tensor, rtol=0, atol=0, msg=name)
     report = json.loads((tmp_path / "run" / "default" / "pretraining.json").read_text())
     assert report["init"] == json.loads((uninterrupted / "default" / "pretraining.json").read_text())
+    assert report["zero_shot"]["vae_psnr_db"] == report["init"]["zero_shot"]["vae_psnr_db"]  # the same VAE
     assert report["config"]["init"] == init and "continuing" in json.loads(
         (tmp_path / "run" / "default" / "generalist.json").read_text())["description"]
 
