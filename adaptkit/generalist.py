@@ -389,6 +389,10 @@ class Generalist(nn.Module):
         self.denoiser.point_encoder.save_pretrained(folder / "point_encoder")
         self.vae.save_pretrained(folder / "vae", max_shard_size=max_shard_size)
         self.scheduler.save_pretrained(folder / "scheduler")
+        for part in ("transformer", "point_encoder", "vae"):  # diffusers records where a model was loaded from:
+            config = json.loads((folder / part / "config.json").read_text())  # a path of this machine, not the model
+            if config.pop("_name_or_path", None) is not None:
+                (folder / part / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for suffix in ("", "_2", "_3"):
             encoder = getattr(self.prompts, f"text_encoder{suffix}")
             if encoder is not None:

@@ -485,7 +485,8 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tupl
     generalist.config.description = (
         f"adaptkit's embedded default: {spec.layers} x {spec.heads * spec.head_dim} SD3 transformer (patch "
         f"{spec.patch_size}) pretrained with the {config.objective} objective on the synthetic world's {families} "
-        f"({config.scenes} scenes, {config.steps} steps" + (f", continuing {config.init}" if config.init else "") + ")")
+        f"({config.scenes} scenes, {config.steps} steps" + (
+            f" after {lineage['config']['steps']} on {lineage['config']['scenes']}" if lineage else "") + ")")
     generalist.config.task_prompts = {task.prompt_key: DICEPTION_TASK_PROMPTS[task.prompt_key]
                                       for task in BUILTIN_TASKS.values()}
     generalist.config.objective = config.objective
