@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from adaptkit.generalist import GENERALIST_CONFIG_FILE, CheckpointError, Generalist
+from adaptkit.generalist import GENERALIST_CONFIG_FILE, CheckpointError, Generalist, resolve_folder
 from adaptkit.tiny import build_tiny_generalist
 
 #: The small generalist adaptkit pretrains and ships (see `adaptkit.pretrain`): `load_generalist("default")`.
@@ -39,12 +39,17 @@ def load_generalist(name: str | Path, device: torch.device | str | None = None,
         return generalist.to_runtime(device, dtype)
     if str(name) == "diception":
         return Generalist.from_diception(device=device, dtype=dtype, **kwargs)
-    if str(name) == "default":
-        if not (DEFAULT_GENERALIST_DIR / GENERALIST_CONFIG_FILE).is_file():
-            raise CheckpointError(f"the embedded default generalist is missing from {DEFAULT_GENERALIST_DIR}; "
-                                  "reinstall adaptkit, or build it with `adaptkit pretrain` (see the README)")
-        name = DEFAULT_GENERALIST_DIR
-    return Generalist.from_pretrained(name, device=device, dtype=dtype, **kwargs)
+    return Generalist.from_pretrained(generalist_folder(name), device=device, dtype=dtype, **kwargs)
+
+
+def generalist_folder(name: str | Path) -> Path:
+    """The folder of an adaptkit generalist: `default` (the embedded one), a local folder, or a Hub repo id."""
+    if str(name) != "default":
+        return resolve_folder(name)
+    if not (DEFAULT_GENERALIST_DIR / GENERALIST_CONFIG_FILE).is_file():
+        raise CheckpointError(f"the embedded default generalist is missing from {DEFAULT_GENERALIST_DIR}; "
+                              "reinstall adaptkit, or build it with `adaptkit pretrain` (see the README)")
+    return DEFAULT_GENERALIST_DIR
 
 
 def load_base(base: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None,

@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from adaptkit.bases import DEFAULT_GENERALIST_DIR
+from adaptkit.bases import generalist_folder
 from adaptkit.codecs import Instances, build_codec
-from adaptkit.generalist import DICEPTION_TASK_PROMPTS, CheckpointError, Generalist, resolve_folder
+from adaptkit.generalist import DICEPTION_TASK_PROMPTS, CheckpointError, Generalist
 from adaptkit.images import to_model_batch
 from adaptkit.metrics import build_codec_metrics, default_metric_names
 from adaptkit.recipe import RecipeError, build_section
@@ -518,7 +518,7 @@ def starting_generalist(config: PretrainConfig, spec: TinySpec, device: str) -> 
 def init_report(init: str) -> tuple[Path, dict]:
     """The folder of generalist `init` (`default`, a folder or a Hub id) and the report of its pretraining."""
     try:
-        folder = DEFAULT_GENERALIST_DIR if init == "default" else resolve_folder(init)
+        folder = generalist_folder(init)
     except CheckpointError as error:
         raise RecipeError(f"init {init!r}: {error}") from None
     report_path = folder / PRETRAINING_REPORT

@@ -549,6 +549,8 @@ NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(),
     (["families.scenes=-1"], "families.scenes must be a positive weight"),
     (["spec.patchsize=1"], "did you mean 'spec.patch_size'"),
     (["precision=fp8"], "precision 'fp8': expected one of fp32, bf16"),
+    (["init=default", "spec.layers=2"], "init 'default': spec.layers is 2 here but 4 in"),
+    (["init=./no-such-generalist"], "init './no-such-generalist': './no-such-generalist' is neither a local folder"),
 ])
 def test_bad_pretraining_settings_are_refused(capsys, tmp_path, argv, message):
     refused(capsys, "pretrain", "--out", tmp_path / "p", *argv, message=message)
