@@ -62,6 +62,8 @@ STAGES = ("vae", "generalist")
 VAL_FIRST = 10_000_000
 #: The report beside a pretrained generalist's weights: its settings, zero-shot scores and training seconds.
 PRETRAINING_REPORT = "pretraining.json"
+#: In a continued run's folder: the weight fingerprints of the generalist it started from, checked on resume.
+INIT_FINGERPRINTS = "init.json"
 #: Numeric precisions of the forward and backward passes (weights and optimiser state stay fp32).
 PRECISIONS = ("fp32", "bf16")
 
@@ -470,7 +472,11 @@ def pretrain(out: str | Path, config: PretrainConfig | None = None, stages: tupl
     out = Path(out)
     spec = TinySpec(**{**config.spec, "vae_channels": tuple(config.spec["vae_channels"])})
     generalist, lineage = starting_generalist(config, spec, device)  # a bad `init` fails before the run exists
+    if lineage:
+        check_same_start(generalist, config.init, out / INIT_FINGERPRINTS)
     out.mkdir(parents=True, exist_ok=True)
+    if lineage and not (out / INIT_FINGERPRINTS).is_file():
+        (out / INIT_FINGERPRINTS).write_text(json.dumps(start_fingerprints(generalist), indent=2))
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
     report: dict[str, float] = {}
     if "vae" in stages:
@@ -513,6 +519,25 @@ def starting_generalist(config: PretrainConfig, spec: TinySpec, device: str) -> 
                           f"{recorded.get(differing[0])!r} in {folder / PRETRAINING_REPORT}; a continued run keeps "
                           "the sizes it starts from (drop the spec.* settings)")
     return Generalist.from_pretrained(folder, device=device, dtype=torch.float32), lineage
+
+
+def start_fingerprints(generalist: Generalist) -> dict[str, str]:
+    """The weight fingerprints of a continued run's start: what its record's `init` lineage is about."""
+    return {"denoiser": generalist.fingerprint(), "vae": generalist.fingerprint("vae")}
+
+
+def check_same_start(generalist: Generalist, init: str, recorded_path: Path) -> None:
+    """Refuse to resume a continued run from a start that has changed since it began (`init=default` after a new
+    default shipped, a folder overwritten): the resume would take that VAE and report that lineage, splicing
+    two different runs together."""
+    if not recorded_path.is_file():
+        return
+    recorded, now = json.loads(recorded_path.read_text()), start_fingerprints(generalist)
+    changed = [part for part in now if recorded.get(part) != now[part]]
+    if changed:
+        raise RecipeError(f"init {init!r}: its {changed[0]} weights have fingerprint {now[changed[0]]}, but this run "
+                          f"started from {recorded.get(changed[0])} ({recorded_path}); resume with the generalist "
+                          "it started from, or use a new --out for a new run")
 
 
 def init_report(init: str) -> tuple[Path, dict]:

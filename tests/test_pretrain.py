@@ -125,6 +125,31 @@ def test_a_continued_run_refuses_other_sizes_or_an_unreported_start(uninterrupte
         pretrain_config(tmp_path / "run", {"init": str(tmp_path / "bare")})
 
 
+def test_a_continued_run_resumes_only_from_the_start_it_began_with(uninterrupted, tmp_path):
+    start = tmp_path / "start"
+    Generalist.from_pretrained(uninterrupted / "default", device="cpu").save_pretrained(start)
+    (start / "pretraining.json").write_text((uninterrupted / "default" / "pretraining.json").read_text())
+    settings = {"init": str(start), "scenes": 6, "val_scenes": 3, "steps": 2, "batch": 4, "warmup": 1}
+    pretrain(tmp_path / "run", pretrain_config(tmp_path / "run", settings), stages=("generalist",))
+    pretrain(tmp_path / "run", pretrain_config(tmp_path / "run", {"steps": 3}), stages=("generalist",))  # same start
+
+    changed = Generalist.from_pretrained(start, device="cpu")  # e.g. `init=default` after a new default shipped
+    with torch.no_grad():
+        next(changed.vae.parameters()).add_(1.0)
+    changed.save_pretrained(start)
+    written = weights_of(tmp_path / "run" / "default")
+    with pytest.raises(RecipeError, match=r"init .*start': its vae weights have fingerprint \w+, but this run "
+                                          r"started from \w+ .*init\.json\); resume with the generalist it started"):
+        pretrain(tmp_path / "run", pretrain_config(tmp_path / "run", {"steps": 4}), stages=("generalist",))
+    assert json.loads((tmp_path / "run" / "generalist" / "state.json").read_text())["step"] == 3  # nothing lost
+    for name, tensor in weights_of(tmp_path / "run" / "default").items():
+        torch.testing.assert_close(tensor, written[name], rtol=0, atol=0, msg=name)
+
+
+def weights_of(generalist_folder: Path) -> dict[str, torch.Tensor]:
+    return Generalist.from_pretrained(generalist_folder, device="cpu").state_dict()
+
+
 def test_bf16_pretraining_trains_fp32_weights(tmp_path):
     pretrain(tmp_path / "run", config(precision="bf16", vae_steps=2, steps=2), stages=("vae", "generalist"))
     trained = weights(tmp_path / "run")
