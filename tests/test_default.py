@@ -33,17 +33,29 @@ def test_the_default_is_recorded_and_small(default):
     assert size < 25 * 2**20  # a few MB inside the package
 
 
-#: The README's second rebuild command: the first run (`adaptkit pretrain`, no settings) continued.
-CONTINUATION = {"scenes": 8000, "steps": 7500, "lr": 3e-4, "warmup": 200}
+#: The README's rebuild commands after the first (`adaptkit pretrain`, no settings), each continuing the one before.
+CONTINUATIONS = (
+    {"scenes": 8000, "steps": 7500, "lr": 3e-4, "warmup": 200},
+    {"scenes": 8000, "steps": 5000, "lr": 3e-4, "warmup": 200, "families": {"scenes": 0.4, "layers": 0.6}},
+)
+
+
+def _as_json(config: PretrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(config)))
 
 
 def test_the_readme_commands_rebuild_the_shipped_default():
-    """A plain `adaptkit pretrain`, then the README's continuation of it, must mean the default that ships."""
-    report = json.loads((DEFAULT_GENERALIST_DIR / "pretraining.json").read_text())
-    assert report["init"]["config"] == json.loads(json.dumps(asdict(PretrainConfig())))
-    continued = PretrainConfig(**CONTINUATION, init=report["config"]["init"])  # init: where it started here
-    assert report["config"] == json.loads(json.dumps(asdict(continued)))
-    assert report["training_seconds"]["vae"] == 0  # `--stages generalist`: the first run's VAE, untouched
+    """A plain `adaptkit pretrain`, then the README's continuations of it, must mean the default that ships."""
+    chain = [json.loads((DEFAULT_GENERALIST_DIR / "pretraining.json").read_text())]
+    while "init" in chain[-1]:
+        chain.append(chain[-1]["init"])
+    first, *continued = reversed(chain)
+    assert first["config"] == _as_json(PretrainConfig())
+    assert len(continued) == len(CONTINUATIONS)
+    for report, settings in zip(continued, CONTINUATIONS):
+        # init: where that run started on the machine that ran it
+        assert report["config"] == _as_json(PretrainConfig(**settings, init=report["config"]["init"]))
+        assert report["training_seconds"]["vae"] == 0  # `--stages generalist`: the first run's VAE, untouched
 
 
 def _synth_samples(task: str, codec: str, count: int = 24):
