@@ -52,7 +52,7 @@ def test_the_readme_commands_rebuild_the_shipped_default():
     first, *continued = reversed(chain)
     assert first["config"] == _as_json(PretrainConfig())
     assert len(continued) == len(CONTINUATIONS)
-    for report, settings in zip(continued, CONTINUATIONS):
+    for report, settings in zip(continued, CONTINUATIONS, strict=True):
         # init: where that run started on the machine that ran it
         assert report["config"] == _as_json(PretrainConfig(**settings, init=report["config"]["init"]))
         assert report["training_seconds"]["vae"] == 0  # `--stages generalist`: the first run's VAE, untouched
