@@ -610,13 +610,3 @@ def _load_prompt_encoder(folder: Path, max_sequence_length: int, load_text_encod
     cache_path = folder / PROMPT_CACHE_FILE
     cache = PromptCache.load(cache_path) if cache_path.is_file() else None
     return PromptEncoder(**encoders, **tokenizers, max_sequence_length=max_sequence_length, cache=cache)
-
-
-def __getattr__(name: str) -> Any:
-    """`load_generalist` and `DEFAULT_GENERALIST_DIR` live in `adaptkit.bases` (which imports this module);
-    they stay importable from here, as they were."""
-    if name in ("load_generalist", "DEFAULT_GENERALIST_DIR"):
-        from adaptkit import bases
-
-        return getattr(bases, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

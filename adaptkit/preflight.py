@@ -56,7 +56,8 @@ def check_machine(recipe: Recipe) -> None:
 
 def _transformer_width(recipe: Recipe) -> int | None:
     """The base transformer's hidden width (heads x head dim), read from configs only; None if unknown here."""
-    from adaptkit.generalist import DEFAULT_GENERALIST_DIR, SD3_MEDIUM_TRANSFORMER_CONFIG
+    from adaptkit.bases import DEFAULT_GENERALIST_DIR
+    from adaptkit.generalist import SD3_MEDIUM_TRANSFORMER_CONFIG
     from adaptkit.tiny import TinySpec
 
     name = recipe.base.generalist
