@@ -56,8 +56,10 @@ def resolve_targets(denoiser: nn.Module, targets: str | Sequence[str]) -> list[s
     else:
         suffixes = tuple(targets)
     chosen = [name for name in linears if any(name == s or name.endswith("." + s) for s in suffixes)]
+    # a preset names every layer kind a block may have; a one-block transformer's only block is
+    # `context_pre_only` and has no to_add_out, so only layers a user listed must each be found
     unmatched = [s for s in suffixes if not any(n == s or n.endswith("." + s) for n in linears)]
-    if unmatched:
+    if unmatched and (not chosen or not isinstance(targets, str)):
         examples = sorted({re.sub(r".*transformer_blocks\.\d+\.", "", n) for n in linears})
         raise AdapterError(f"adapter.targets: {unmatched} match no Linear layer in the transformer blocks; "
                            f"layer names there: {', '.join(examples)}")
@@ -119,8 +121,12 @@ def resolve_adapter(adapter: str | Path) -> Path:
 
 def load_base(meta: AdapterMeta, device: torch.device | str | None = None) -> Generalist:
     """The generalist an adapter records as its base, at the resolution it was trained at, without text
-    encoders (the adapter carries its prompt embeddings)."""
-    return bases.load_base(meta.base, device=device, load_text_encoders=False)
+    encoders (the adapter carries its prompt embeddings), in the dtype it was trained in: an adapter trained
+    under bf16-mixed saw a bf16 base (its fingerprint is of those weights) and runs on one, as DICEPTION
+    does, where the device's default (fp32 on a CPU) would widen a 2 B-parameter base to 8 GB."""
+    trained_bf16 = meta.recipe.get("train", {}).get("precision") == "bf16-mixed"
+    return bases.load_base(meta.base, device=device, dtype=torch.bfloat16 if trained_bf16 else None,
+                           load_text_encoders=False)
 
 
 def attach_adapter(generalist: Generalist, folder: Path, name: str) -> str:
