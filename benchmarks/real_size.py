@@ -29,6 +29,8 @@ import numpy as np
 from _common import RESULTS, machine, print_table
 from PIL import Image
 
+from adaptkit.memory import GPU_HEADROOM
+
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
 WRITE = ("import sys, torch; from adaptkit.tiny import build_tiny_generalist, real_size_spec; "
@@ -61,14 +63,31 @@ def run_stage(command: list[str], env: dict[str, str], log: Path) -> dict[str, A
             "peak_rss_gib": usage.ru_maxrss * 1024 / GIB, "log": str(log)}
 
 
-def predicted_inference(folder: Path, resolution: int) -> float:
-    """`estimate_memory` for predicting one image at a time, from the folder's configs (no text encoders)."""
-    from adaptkit.memory import estimate_memory, shapes_from_configs
+def predictions(folder: Path, resolution: int) -> dict[str, float]:
+    """`estimate_memory`'s peak for each stage that loads the model, from the folder's configs alone: training
+    (3 cached pairs, the text encoders while the prompts are encoded) and one-image inference (no text encoders)."""
+    from adaptkit.memory import estimate_memory, folder_shapes
 
-    configs = [json.loads((folder / part / "config.json").read_text()) for part in ("transformer", "vae")]
-    shapes = shapes_from_configs(*configs, targets="attention")
-    estimate = estimate_memory(shapes, resolution, 1, 32, "bf16-mixed", training=False, device="cpu")
-    return (estimate.peak + shapes.lora_parameters_per_rank * 32 * 4) / GIB  # the loaded adapter's fp32 weights
+    shapes = folder_shapes(folder, "attention")
+    train = estimate_memory(shapes, resolution, 1, 32, "bf16-mixed", True, images=3, device="cpu").peak / GIB
+    infer = estimate_memory(shapes, resolution, 1, 32, "bf16-mixed", training=False, device="cpu").peak / GIB
+    return {"train": train, "sweep": train, "eval": infer, "predict": infer, "pull+predict": infer}
+
+
+def gpu_plan() -> list[dict[str, Any]]:
+    """Which settings fit a 24, 40 and 80 GB GPU at 768 px: SD3-medium with its real text encoders."""
+    from adaptkit.generalist import SD3_MEDIUM_TRANSFORMER_CONFIG
+    from adaptkit.memory import (
+        SD3_TEXT_PARAMETERS,
+        SD3_TEXT_STORED_BYTES,
+        SD3_VAE_CONFIG,
+        fit_table,
+        shapes_from_configs,
+    )
+
+    shapes = shapes_from_configs(SD3_MEDIUM_TRANSFORMER_CONFIG, SD3_VAE_CONFIG, "attention", SD3_TEXT_PARAMETERS,
+                                 text_stored_bytes=SD3_TEXT_STORED_BYTES)
+    return fit_table(shapes, 768)
 
 
 def main() -> None:
@@ -84,7 +103,9 @@ def main() -> None:
     work = args.work or args.folder.with_name(args.folder.name + "-work")
     work.mkdir(parents=True, exist_ok=True)
     report_path = RESULTS / f"real_size-L{args.layers}.json"
-    report: dict[str, Any] = {} if args.fresh or not report_path.is_file() else json.loads(report_path.read_text())
+    report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    if args.fresh:  # the folder itself is not rewritten, so its figures stay
+        report = {"stages": {"write": report["stages"]["write"]}} if "write" in report.get("stages", {}) else {}
     report |= {"machine": machine(), "layers": args.layers, "resolution": args.resolution, "steps": args.steps,
                "threads": args.threads}
     stages = report.setdefault("stages", {})
@@ -133,11 +154,7 @@ def main() -> None:
             stages[name] = run_stage(command, stage_env, work / f"{name}.log")
             if name == "train" and (train_out / "resources.json").is_file():
                 resources = json.loads((train_out / "resources.json").read_text())
-                stages[name] |= {"seconds_per_step": resources["seconds_per_step"],
-                                 "predicted_gib": resources["predicted_bytes"]["peak"] / GIB,
-                                 "record": resources}
-            if name == "predict":
-                stages[name]["predicted_gib"] = predicted_inference(args.folder, args.resolution)
+                stages[name] |= {"seconds_per_step": resources["seconds_per_step"], "record": resources}
             if name == "pull+predict" and stages[name]["rc"] == 0:
                 files = [p.relative_to(work / "pred") for p in sorted((work / "pred").rglob("*.png"))]
                 stages[name]["same_as_local"] = bool(files) and all(
@@ -152,13 +169,22 @@ def main() -> None:
     if (args.folder / "DICEPTION_v1.pth").is_file():
         report["release_gib"] = sum(p.stat().st_size for p in args.folder.rglob("*") if p.is_file()) / GIB
     report_path.write_text(json.dumps(report, indent=2) + "\n")
+    predicted = predictions(args.folder, args.resolution) if (args.folder / "DICEPTION_v1.pth").is_file() else {}
     rows = [{"stage": name, **{k: v for k, v in values.items() if k != "record"}} for name, values in stages.items()]
     for row in rows:
-        if row.get("predicted_gib"):
+        if row["stage"] in predicted and row.get("rc") == 0:
+            row["predicted_gib"] = stages[row["stage"]]["predicted_gib"] = predicted[row["stage"]]
             row["error"] = f"{100 * (row['predicted_gib'] / row['peak_rss_gib'] - 1):+.1f}%"
     print_table(rows, [("stage", "stage", ""), ("rc", "rc", "d"), ("seconds", "wall s", ".0f"),
                        ("seconds_per_step", "s/step", ".1f"), ("peak_rss_gib", "peak RSS GiB", ".2f"),
                        ("predicted_gib", "predicted GiB", ".2f"), ("error", "prediction error", "")])
+    plan = report["gpu_plan_768px"] = gpu_plan()
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    print("\nSD3-medium (real text encoders) at 768 px on a GPU, rank-32 attention LoRA: predicted peak and fit "
+          f"(leaving {GPU_HEADROOM:.0%} for the allocator)")
+    print_table(plan, [("run", "run", ""), ("precision", "precision", ""), ("checkpointing", "grad ckpt", ""),
+                       ("batch", "batch", "d"), ("peak_gib", "peak GiB", ".1f"), ("fits_24", "24 GB", ""),
+                       ("fits_40", "40 GB", ""), ("fits_80", "80 GB", "")])
     print(f"wrote {report_path}")
 
 
