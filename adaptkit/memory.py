@@ -255,7 +255,14 @@ def folder_shapes(folder: Path, targets: Any, max_sequence_length: int = 256) ->
 
 def recipe_shapes(recipe: Any) -> tuple[BaseShapes, int] | None:
     """Shapes of a recipe's base and the resolution it runs at, from configs (nothing loaded, nothing
-    downloaded); None where the base's configs are not on this machine."""
+    downloaded); None where the base's configs are not on this machine or cannot be read."""
+    try:
+        return _recipe_shapes(recipe)
+    except (OSError, ValueError, KeyError, AttributeError):  # a config missing or foreign: train will say which
+        return None
+
+
+def _recipe_shapes(recipe: Any) -> tuple[BaseShapes, int] | None:
     from adaptkit.bases import DEFAULT_GENERALIST_DIR
     from adaptkit.generalist import GENERALIST_CONFIG_FILE, SD3_MEDIUM_TRANSFORMER_CONFIG
 
