@@ -10,6 +10,7 @@ The public API, one name per concept (each module's docstring says why it is sha
 - `AdaptedModel`: an adapter folder loaded onto its generalist, to predict (`adaptkit.adapters`).
 - `evaluate`, `predict_files`, `builtin_task`: scoring and writing predictions (`adaptkit.inference`).
 - `build_metrics`: torchmetrics per codec (`adaptkit.metrics`).
+- `estimate_memory`: the memory a run will need, from configs, before anything loads (`adaptkit.memory`).
 - `Sample`: one labelled pair, as every data source returns it (`adaptkit.data`).
 - `AdaptkitError` and its subclasses, one per concept: what adaptkit raises for input a user can fix, with a
   message naming the file, key or value at fault (`adaptkit.errors` says more).
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # exactly the names of `_EXPORTS` (tests/test_api.py checks i
     from adaptkit.generalist import CheckpointError, Generalist
     from adaptkit.hub import HubError
     from adaptkit.inference import builtin_task, evaluate, predict_files
+    from adaptkit.memory import estimate_memory
     from adaptkit.metrics import build_metrics
     from adaptkit.recipe import Recipe, RecipeError, load_recipe
     from adaptkit.sweep import SweepError
@@ -51,6 +53,7 @@ _EXPORTS = {
     "evaluate": "adaptkit.inference",
     "predict_files": "adaptkit.inference",
     "builtin_task": "adaptkit.inference",
+    "estimate_memory": "adaptkit.memory",
     "build_metrics": "adaptkit.metrics",
     "Sample": "adaptkit.data",
     "AdaptkitError": "adaptkit.errors",
@@ -87,6 +90,7 @@ __all__ = [
     "build_codec",
     "build_metrics",
     "builtin_task",
+    "estimate_memory",
     "evaluate",
     "list_codecs",
     "load_generalist",

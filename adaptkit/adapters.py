@@ -10,15 +10,10 @@ API use.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import platform
 import re
-import types
-import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,33 +25,18 @@ from torch import nn
 from adaptkit import bases
 from adaptkit.card import build_card
 from adaptkit.codecs import Codec, build_codec
-from adaptkit.errors import AdaptkitError, FileError
+from adaptkit.errors import FileError
 from adaptkit.files import read_json, read_safetensors, require_file, sha256
-from adaptkit.generalist import GENERALIST_CONFIG_FILE, Generalist, Prediction
-from adaptkit.hub import cached_commit, download_adapter, is_hub_ref
+from adaptkit.generalist import Generalist, Prediction
+from adaptkit.hub import download_adapter, is_hub_ref
 from adaptkit.images import ImageLike
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache
-from adaptkit.recipe import AdapterSection, Recipe, TrainSection
+from adaptkit.recipe import TARGET_PRESETS, AdapterSection
+from adaptkit.record import ADAPTER_META_FILE, AdapterError, AdapterMeta
 from adaptkit.sampling import inference_defaults, sampling_allowed
 
-ADAPTER_META_FILE = "adaptkit.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
-
-_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-_MLP = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
-
-#: Named sets of transformer-block layers to adapt (module-name suffixes inside each block).
-TARGET_PRESETS: dict[str, tuple[str, ...] | None] = {
-    "attention": _ATTENTION,
-    "attention+mlp": _ATTENTION + _MLP,
-    "all-linear": None,  # every Linear inside the transformer blocks
-}
-
-
-class AdapterError(AdaptkitError, ValueError):
-    """An adapter that cannot be built or loaded as asked: names the folder, key or module at fault."""
-
 
 def resolve_targets(denoiser: nn.Module, targets: str | Sequence[str]) -> list[str]:
     """Full names of the Linear layers that `targets` (a preset or module-name suffixes) selects.
@@ -76,8 +56,10 @@ def resolve_targets(denoiser: nn.Module, targets: str | Sequence[str]) -> list[s
     else:
         suffixes = tuple(targets)
     chosen = [name for name in linears if any(name == s or name.endswith("." + s) for s in suffixes)]
+    # a preset names every layer kind a block may have; a one-block transformer's only block is
+    # `context_pre_only` and has no to_add_out, so only layers a user listed must each be found
     unmatched = [s for s in suffixes if not any(n == s or n.endswith("." + s) for n in linears)]
-    if unmatched:
+    if unmatched and (not chosen or not isinstance(targets, str)):
         examples = sorted({re.sub(r".*transformer_blocks\.\d+\.", "", n) for n in linears})
         raise AdapterError(f"adapter.targets: {unmatched} match no Linear layer in the transformer blocks; "
                            f"layer names there: {', '.join(examples)}")
@@ -96,99 +78,6 @@ def count_parameters(model: nn.Module, transformer: nn.Module) -> tuple[int, int
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = sum(p.numel() for name, p in transformer.named_parameters() if "lora_" not in name)
     return trainable, base
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-    import peft
-    import transformers
-
-    from adaptkit import __version__
-
-    return {"adaptkit": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "peft": peft.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-
-
-def base_record(base: dict[str, Any]) -> dict[str, Any]:
-    """The base as it is identified anywhere: a generalist name, Hub ids with the commit that was loaded,
-    local paths as given (the weight fingerprint, recorded beside it, is what load checks)."""
-    name = str(base["generalist"])
-    record: dict[str, Any] = {"generalist": name, "resolution": base.get("resolution")}
-    if name == "diception":
-        record |= {"sd3": base["sd3"], "sd3_revision": cached_commit(base["sd3"], "transformer/config.json"),
-                   "weights": base["weights"], "weights_revision": cached_commit(base["weights"], "DICEPTION_v1.pth")}
-    elif name not in ("default", "tiny"):
-        record["revision"] = cached_commit(name, GENERALIST_CONFIG_FILE)
-    return {key: value for key, value in record.items() if value is not None}
-
-
-@dataclass
-class AdapterMeta:
-    """`adaptkit.json`: everything needed to use an adapter correctly, and to know where it came from."""
-
-    name: str
-    prompt: str
-    codec: str  # what build_codec rebuilds it from: a registered name or package.module:ClassName
-    codec_args: dict[str, Any]
-    objective: str
-    inference: dict[str, Any]
-    base: dict[str, Any]
-    base_fingerprint: str
-    recipe: dict[str, Any]
-    samples: dict[str, list[str]] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    trainable_parameters: int = 0
-    base_parameters: int = 0
-    versions: dict[str, str] = field(default_factory=_versions)
-    weights_sha256: str = ""  # of adapter_model.safetensors, checked at load ("" for adapters written before it)
-    sweep: dict[str, Any] | None = None  # a sweep's best trial: study, trial number, value and parameters
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe, generalist: Generalist, codec: Codec, **extra: Any) -> AdapterMeta:
-        return cls(name=recipe.name, prompt=recipe.task.prompt, codec=codec.reference, codec_args=codec.to_config(),
-                   objective=recipe.train.objective, inference=recipe.to_dict()["inference"],
-                   base=base_record(recipe.to_dict()["base"]), base_fingerprint=generalist.fingerprint(),
-                   recipe=recipe.to_dict(), **extra)
-
-    def save(self, folder: Path) -> None:
-        (folder / ADAPTER_META_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, folder: Path) -> AdapterMeta:
-        """`adaptkit.json`, refused with the reason if it is missing, not JSON, or its keys or values are wrong."""
-        path = folder / ADAPTER_META_FILE
-        if not path.exists():
-            raise AdapterError(f"{folder} is not an adaptkit adapter folder: {ADAPTER_META_FILE} is missing")
-        data = read_json(path, "adapter record")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        required = [name for name, f in fields.items()
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        problems = []
-        if not isinstance(data, dict):
-            problems.append(f"expected a JSON object, got {type(data).__name__}")
-        else:
-            if missing := [name for name in required if name not in data]:
-                problems.append(f"missing key(s) {', '.join(missing)}")
-            if unknown := sorted(set(data) - set(fields)):
-                problems.append(f"unknown key(s) {', '.join(unknown)} (an adapter from a newer adaptkit? keys: "
-                                f"{', '.join(fields)})")
-            hints = typing.get_type_hints(cls)
-            for name, value in data.items():
-                if name in fields and not isinstance(value, kinds := _runtime_types(hints[name])):
-                    problems.append(f"{name} must be a {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
-            objectives = typing.get_args(typing.get_type_hints(TrainSection)["objective"])
-            if data.get("objective") not in objectives:
-                problems.append(f"objective {data.get('objective')!r} is not one of {', '.join(objectives)}")
-        if problems:
-            raise FileError(path, "not a valid adapter record: " + "; ".join(problems),
-                            "the adapter folder is damaged: copy it again or retrain")
-        return cls(**data)
-
-
-def _runtime_types(hint: Any) -> tuple[type, ...]:
-    """The classes a value of a type hint may be: `dict[str, Any] | None` -> (dict, NoneType)."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    return tuple(typing.get_origin(option) or option for option in options)
 
 
 def check_adapter_folder(folder: Path, meta: AdapterMeta) -> None:
@@ -232,8 +121,12 @@ def resolve_adapter(adapter: str | Path) -> Path:
 
 def load_base(meta: AdapterMeta, device: torch.device | str | None = None) -> Generalist:
     """The generalist an adapter records as its base, at the resolution it was trained at, without text
-    encoders (the adapter carries its prompt embeddings)."""
-    return bases.load_base(meta.base, device=device, load_text_encoders=False)
+    encoders (the adapter carries its prompt embeddings), in the dtype it was trained in: an adapter trained
+    under bf16-mixed saw a bf16 base (its fingerprint is of those weights) and runs on one, as DICEPTION
+    does, where the device's default (fp32 on a CPU) would widen a 2 B-parameter base to 8 GB."""
+    trained_bf16 = meta.recipe.get("train", {}).get("precision") == "bf16-mixed"
+    return bases.load_base(meta.base, device=device, dtype=torch.bfloat16 if trained_bf16 else None,
+                           load_text_encoders=False)
 
 
 def attach_adapter(generalist: Generalist, folder: Path, name: str) -> str:

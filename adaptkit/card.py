@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-if TYPE_CHECKING:
-    from adaptkit.adapters import AdapterMeta
+from adaptkit.record import AdapterMeta, is_hub_id
 
 #: The Hub pipeline tag for a codec's outputs (codecs not named here produce images: image-to-image).
 PIPELINE_TAGS = {"binary_mask": "image-segmentation", "semantic": "image-segmentation",
@@ -42,13 +41,6 @@ class Evaluation:
     metrics: dict[str, float]
     images: int | None = None
     dataset: str = ""
-
-
-def is_hub_id(text: str) -> bool:
-    """Whether `text` reads as a Hub repo id (`owner/name`) rather than a local path as given."""
-    parts = str(text).split("/")
-    return (len(parts) == 2 and all(parts) and not str(text).startswith((".", "~"))
-            and not Path(str(text)).expanduser().exists())
 
 
 def base_models(base: dict[str, Any]) -> list[str]:

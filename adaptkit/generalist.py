@@ -393,11 +393,7 @@ class Generalist(nn.Module):
             config = json.loads((folder / part / "config.json").read_text())  # a path of this machine, not the model
             if config.pop("_name_or_path", None) is not None:
                 (folder / part / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for suffix in ("", "_2", "_3"):
-            encoder = getattr(self.prompts, f"text_encoder{suffix}")
-            if encoder is not None:
-                encoder.save_pretrained(folder / f"text_encoder{suffix}")
-            getattr(self.prompts, f"tokenizer{suffix}").save_pretrained(folder / f"tokenizer{suffix}")
+        self._save_text_stack(folder)
         if len(self.prompts.cache):
             self.prompts.cache.save(folder / PROMPT_CACHE_FILE)
         (folder / GENERALIST_CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
@@ -429,11 +425,11 @@ class Generalist(nn.Module):
                        dtype: torch.dtype | None = None) -> Generalist:
         """The released DICEPTION: the SD3-medium base (VAE, text encoders, scheduler, transformer config)
         plus `DICEPTION_v1.pth` (a file, a folder holding it, or a Hub id), loaded safely and strictly."""
-        from accelerate import init_empty_weights
-
         folder = resolve_folder(base, allow_patterns=SD3_BASE_FILES)
         checkpoint_parts = load_diception_checkpoint(resolve_weights(weights))
-        with init_empty_weights():
+        # built on the meta device, buffers included: SD3-medium's 192 x 192 position grid, computed in fp64 and
+        # then overwritten by the checkpoint's, would cost 0.85 GB of peak memory for nothing
+        with torch.device("meta"):
             transformer = SD3Transformer2DModel.from_config(
                 SD3Transformer2DModel.load_config(folder / "transformer"))
         _load_strict(transformer, checkpoint_parts["transformer"], "transformer", assign=True)
@@ -452,18 +448,44 @@ class Generalist(nn.Module):
                          FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"), config)
         return generalist.to_runtime(device, dtype)
 
-    def save_diception_checkpoint(self, path: str | Path) -> Path:
-        """Write the denoiser in DICEPTION's five-key `.pth` layout (the inverse of `from_diception`)."""
+    def save_diception_checkpoint(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write the denoiser in DICEPTION's five-key `.pth` layout (the inverse of `from_diception`), its
+        tensors in `dtype` (None: as held; the release's file is bf16)."""
         point = self.denoiser.point_encoder
+
+        def cast(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {key: value.to(dtype or value.dtype) for key, value in state.items()}
+
         state = {
-            "transformer": self.denoiser.transformer.state_dict(),
-            "point_embedder": point.mlp.state_dict(),
-            "not_seg_embeddings": point.not_seg.state_dict(),
-            "seg_embeddings": point.seg.state_dict(),
-            "positional_encoding_gaussian_matrix": point.gaussian_matrix,
+            "transformer": cast(self.denoiser.transformer.state_dict()),
+            "point_embedder": cast(point.mlp.state_dict()),
+            "not_seg_embeddings": cast(point.not_seg.state_dict()),
+            "seg_embeddings": cast(point.seg.state_dict()),
+            "positional_encoding_gaussian_matrix": point.gaussian_matrix.to(dtype or point.gaussian_matrix.dtype),
         }
         torch.save(state, path)
         return Path(path)
+
+    def save_release(self, folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+        """Write what a DICEPTION user downloads, into one folder: the SD3 base's diffusers layout (the
+        transformer's config only, the VAE, scheduler, three text encoders and tokenizers) and
+        `DICEPTION_v1.pth` in `dtype`. `from_diception(folder, folder)` loads it, as it loads the release:
+        so a release-shaped model (`adaptkit.tiny.real_size_spec`) rehearses the real path with no download."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.denoiser.transformer.save_config(folder / "transformer")
+        self.vae.save_pretrained(folder / "vae")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        self._save_text_stack(folder)
+        return self.save_diception_checkpoint(folder / DICEPTION_WEIGHTS_FILE, dtype).parent
+
+    def _save_text_stack(self, folder: Path) -> None:
+        """The three tokenizers, and the text encoders that are loaded, in diffusers' SD3 folder names."""
+        for suffix in ("", "_2", "_3"):
+            encoder = getattr(self.prompts, f"text_encoder{suffix}")
+            if encoder is not None:
+                encoder.save_pretrained(folder / f"text_encoder{suffix}")
+            getattr(self.prompts, f"tokenizer{suffix}").save_pretrained(folder / f"tokenizer{suffix}")
 
     def to_runtime(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                    ) -> Generalist:
@@ -489,6 +511,10 @@ def _weights_state(module: nn.Module) -> tuple[tuple[str, int, int], ...]:
     return tuple((name, tensor.data_ptr(), version(tensor)) for name, tensor in sorted(_base_weights(module).items()))
 
 
+#: Elements hashed at once: the fp32 view of SD3-medium's largest tensor (its 192 x 192 position grid) is 226 MB.
+_HASH_CHUNK = 2**22
+
+
 def weights_fingerprint(module: nn.Module) -> str:
     """A short hash of a module's base weights (names and values); LoRA layers, if any, are left out.
 
@@ -498,7 +524,9 @@ def weights_fingerprint(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(_base_weights(module).items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        flat = tensor.detach().reshape(-1)
+        for start in range(0, flat.numel(), _HASH_CHUNK):  # fp32 bytes of a chunk at a time, never a whole copy
+            digest.update(flat[start:start + _HASH_CHUNK].float().cpu().numpy())
     return digest.hexdigest()[:16]
 
 
@@ -610,13 +638,3 @@ def _load_prompt_encoder(folder: Path, max_sequence_length: int, load_text_encod
     cache_path = folder / PROMPT_CACHE_FILE
     cache = PromptCache.load(cache_path) if cache_path.is_file() else None
     return PromptEncoder(**encoders, **tokenizers, max_sequence_length=max_sequence_length, cache=cache)
-
-
-def __getattr__(name: str) -> Any:
-    """`load_generalist` and `DEFAULT_GENERALIST_DIR` live in `adaptkit.bases` (which imports this module);
-    they stay importable from here, as they were."""
-    if name in ("load_generalist", "DEFAULT_GENERALIST_DIR"):
-        from adaptkit import bases
-
-        return getattr(bases, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from adaptkit.card import Evaluation, build_card, is_hub_id
+from adaptkit.card import Evaluation, build_card
 from adaptkit.errors import AdaptkitError
+from adaptkit.record import ADAPTER_META_FILE, AdapterMeta, is_hub_id
 
 #: File kinds that can run code when loaded (pickles) or are code: never pulled as part of an adapter.
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".dill", ".npy", ".npz",
@@ -88,19 +89,6 @@ def download_adapter(ref: str) -> Path:
     return folder
 
 
-def cached_commit(repo_id: str, filename: str) -> str | None:
-    """The commit of a Hub file in the local cache (what was loaded), or None for a local path."""
-    from huggingface_hub import try_to_load_from_cache
-
-    if not is_hub_id(repo_id):
-        return None
-    path = try_to_load_from_cache(repo_id, filename)
-    if not isinstance(path, str):
-        return None
-    parts = Path(path).parts
-    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
-
-
 # -------------------------------------------------------------------- push
 def _check_repo_id(repo_id: str) -> None:
     kind = re.match(r"^(?:https?://[^/]+/)?(datasets|spaces)/", repo_id)
@@ -131,8 +119,6 @@ def run_evaluations(run: Path) -> tuple[list[Evaluation], dict[str, Path]]:
 
 def stage_adapter(adapter: Path, staging: Path, repo_id: str) -> list[str]:
     """Copy what a repo should hold into `staging` and write the refreshed card; return the paths staged."""
-    from adaptkit.adapters import ADAPTER_META_FILE, AdapterMeta
-
     meta = AdapterMeta.load(adapter)
     staged = []
     for path in sorted(adapter.iterdir()):
@@ -160,8 +146,6 @@ def push(adapter: str | Path, repo_id: str, private: bool = False, revision: str
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
-
-    from adaptkit.adapters import ADAPTER_META_FILE, AdapterMeta
 
     folder = Path(adapter).expanduser()
     if not folder.is_dir():

@@ -2,18 +2,18 @@
 
 `load_recipe` already checked each value alone; here the recipe meets what it depends on: the codec (its
 metric names, through `adaptkit.metrics`), this machine (Lightning's accelerators and device counts), the data
-(every chosen pair decoded, and the set checked as a whole) and the base's layer width. Values that are legal
-but probably not what the user meant come back as warnings rather than errors.
+(every chosen pair decoded, and the set checked as a whole), the base's layer width and, on a GPU, whether the
+run fits its memory (`adaptkit.memory`). Values that are legal but probably not what the user meant come back as
+warnings rather than errors.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from adaptkit.codecs import Codec, build_codec
 from adaptkit.data import DataSource, Sample, Splits, check_all, load_splits
+from adaptkit.memory import gpu_fit_warning, recipe_shapes
 from adaptkit.recipe import Recipe, RecipeError
 
 
@@ -54,25 +54,6 @@ def check_machine(recipe: Recipe) -> None:
                           f"{count} this machine has")
 
 
-def _transformer_width(recipe: Recipe) -> int | None:
-    """The base transformer's hidden width (heads x head dim), read from configs only; None if unknown here."""
-    from adaptkit.generalist import DEFAULT_GENERALIST_DIR, SD3_MEDIUM_TRANSFORMER_CONFIG
-    from adaptkit.tiny import TinySpec
-
-    name = recipe.base.generalist
-    if name == "tiny":
-        return TinySpec().heads * TinySpec().head_dim
-    if name == "diception":
-        config = SD3_MEDIUM_TRANSFORMER_CONFIG
-    else:
-        path = (DEFAULT_GENERALIST_DIR if name == "default" else Path(name).expanduser()) / "transformer/config.json"
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-    return int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-
-
 def suspicious(recipe: Recipe, train_images: int) -> list[str]:
     """Legal settings that are probably mistakes, as one warning each."""
     train, found = recipe.train, []
@@ -82,10 +63,13 @@ def suspicious(recipe: Recipe, train_images: int) -> list[str]:
     if train.warmup >= train.steps:
         found.append(f"train.warmup {train.warmup} >= train.steps {train.steps}: the learning rate never leaves "
                      "its warmup")
-    width = _transformer_width(recipe)
+    shapes = recipe_shapes(recipe)  # from configs only; None where the base is not on this machine
+    width = shapes[0].width if shapes else None
     if width is not None and recipe.adapter.rank > width:
         found.append(f"adapter.rank {recipe.adapter.rank} is above the layer width {width} of base "
                      f"{recipe.base.generalist!r}: a rank above {width} adds parameters but no capacity")
+    if shapes and (too_big := gpu_fit_warning(recipe, *shapes, train_images)):
+        found.append(too_big)
     return found
 
 

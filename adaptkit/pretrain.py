@@ -68,6 +68,12 @@ INIT_FINGERPRINTS = "init.json"
 PRECISIONS = ("fp32", "bf16")
 
 
+def default_sizes() -> dict[str, Any]:
+    """`DEFAULT_SPEC`'s sizes as a run records them: the sizes left to derive (None) are not written, so the
+    records of runs made before such a size existed read the same."""
+    return {key: value for key, value in asdict(DEFAULT_SPEC).items() if value is not None}
+
+
 @dataclass
 class PretrainConfig:
     """Everything that determines the result; recorded beside it.
@@ -94,7 +100,7 @@ class PretrainConfig:
     warmup: int = 100
     objective: str = "single_step"
     checkpoint_every: int = 250
-    spec: dict[str, Any] = field(default_factory=lambda: asdict(DEFAULT_SPEC))
+    spec: dict[str, Any] = field(default_factory=default_sizes)
 
     def __post_init__(self) -> None:
         sizes = asdict(DEFAULT_SPEC)
@@ -104,7 +110,7 @@ class PretrainConfig:
                 hint = f"did you mean 'spec.{close[0]}'? " if close else ""
                 raise RecipeError(f"spec.{key} is not a size of the generalist; {hint}"
                                   f"sizes: {', '.join(sizes)}")
-        self.spec = {**sizes, **self.spec}
+        self.spec = {**default_sizes(), **self.spec}
         for name, weight in self.families.items():
             if name not in PRETRAINING_FAMILIES:
                 why = "is held out of pretraining (its tasks measure transfer)" if name in RENDERERS else \

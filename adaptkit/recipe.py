@@ -25,6 +25,16 @@ from adaptkit.errors import AdaptkitError
 from adaptkit.files import read_yaml, yaml_problem
 from adaptkit.sampling import SAMPLER_DEFAULTS, SHARED_DEFAULTS, sampling_allowed
 
+_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+_MLP = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
+
+#: Named sets of transformer-block layers to adapt (module-name suffixes inside each block): `adapter.targets`.
+TARGET_PRESETS: dict[str, tuple[str, ...] | None] = {
+    "attention": _ATTENTION,
+    "attention+mlp": _ATTENTION + _MLP,
+    "all-linear": None,  # every Linear inside the transformer blocks
+}
+
 
 class RecipeError(AdaptkitError, ValueError):
     """A recipe that cannot run: names the file, the key and what is wrong."""
@@ -425,8 +435,6 @@ def _require_choice(value: str, choices: list[str], key: str, where: str, what: 
 
 
 def _validate_targets(targets: str | list[str], where: str) -> None:
-    from adaptkit.adapters import TARGET_PRESETS  # peft is imported only when a recipe is checked
-
     presets = list(TARGET_PRESETS)
     if isinstance(targets, str):
         _require_choice(targets, presets, "adapter.targets", where,

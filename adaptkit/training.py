@@ -20,6 +20,7 @@ import math
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import load_torch, writable_folder
 from adaptkit.generalist import MAX_POINTS, Generalist
 from adaptkit.images import resize, to_model_batch
+from adaptkit.memory import BaseShapes, estimate_memory, generalist_shapes, held_modules, peak_rss_bytes
 from adaptkit.metrics import HIGHER_IS_BETTER, build_codec_metrics, default_metric_names
 from adaptkit.preflight import preflight
 from adaptkit.recipe import Recipe
@@ -350,6 +352,52 @@ class KeepBestAdapter(L.Callback):
             self.best = value
 
 
+class ResourceRecord(L.Callback):
+    """`resources.json` in the run folder: the dtype and bytes of every module the run holds (a freed text
+    encoder listed as freed, so a silent fp32 copy or a kept encoder shows), the optimizer state, the
+    caches, the process's peak RSS and seconds per training step, beside what `estimate_memory` predicted."""
+
+    def __init__(self, path: Path, shapes: BaseShapes, recipe: Recipe, images: int, precision: str) -> None:
+        self.path, self.shapes, self.recipe, self.images, self.precision = path, shapes, recipe, images, precision
+        self.seconds: list[float] = []
+        self.held: dict[str, dict[str, Any]] = {}
+        self._started = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, module: AdapterModule) -> None:
+        self.held = held_modules(module.generalist)
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: AdapterModule, batch: Any, batch_idx: int) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: AdapterModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.seconds.append(time.perf_counter() - self._started)
+
+    def on_train_end(self, trainer: L.Trainer, module: AdapterModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        optimizer = sum(value.numel() * value.element_size() for optim in trainer.optimizers
+                        for state in optim.state.values() for value in state.values() if torch.is_tensor(value))
+        cached = [module.train_set, module.val_set]
+        latents = sum(getattr(s, name).numel() * 4 for s in cached
+                      for name in ("condition_mean", "condition_std", "target_mean", "target_std"))
+        prompts = module.generalist.prompts.cache
+        prompt_bytes = sum(t.numel() * t.element_size() for p in prompts.prompts for t in prompts.get(p))
+        train = self.recipe.train
+        predicted = estimate_memory(self.shapes, module.generalist.config.resolution, train.batch_size,
+                                    self.recipe.adapter.rank, "bf16-mixed" if self.precision == "bf16-mixed" else "32",
+                                    train.gradient_checkpointing, images=self.images, device=module.device.type)
+        steady = sorted(self.seconds[1:] or self.seconds)  # the first step also warms kernels and allocators
+        record = {"device": module.device.type, "precision": self.precision,
+                  "gradient_checkpointing": train.gradient_checkpointing, "batch_size": train.batch_size,
+                  "resolution": module.generalist.config.resolution, "modules": self.held,
+                  "optimizer_state_bytes": optimizer, "latent_cache_bytes": latents, "prompt_cache_bytes": prompt_bytes,
+                  "peak_rss_bytes": peak_rss_bytes(), "steps_timed": len(self.seconds),
+                  "seconds_per_step": steady[len(steady) // 2] if steady else None,
+                  "predicted_bytes": predicted.to_dict()}
+        self.path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 class SaveLast(L.Callback):
     """`last.ckpt` after every validation (after KeepBestAdapter has recorded it, so a resumed run keeps the
     point), at the end of training (marked finished) and on Ctrl-C, SIGTERM, a crash or a non-finite loss.
@@ -523,6 +571,7 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
         generalist = load_base(recipe)
     # 3. prompts and latents, once; then the text encoders go
     generalist.prompts.encode([recipe.task.prompt, ""])
+    shapes = generalist_shapes(generalist, recipe.adapter.targets)  # with the text encoders: the loading peak
     generalist.prompts.drop_text_encoders()
     cache = Path(cache_dir) if cache_dir else out / "cache"
     train_set = encode_samples(generalist, codec, train_samples, recipe.data.hflip, cache)
@@ -542,7 +591,8 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
                                    trainable_parameters=trainable, base_parameters=base_count)
     keep_best = KeepBestAdapter(out / "adapter", monitor, higher, meta)
     save_last = SaveLast(last_checkpoint)
-    callbacks = [*(callbacks or []), keep_best, save_last]
+    resources = ResourceRecord(out / "resources.json", shapes, recipe, len(train_set) + len(val_set), precision)
+    callbacks = [*(callbacks or []), keep_best, save_last, resources]
     if recipe.train.early_stop:
         callbacks.append(L.pytorch.callbacks.EarlyStopping(f"val/{monitor}", patience=recipe.train.early_stop,
                                                            mode="max" if higher else "min"))

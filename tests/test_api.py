@@ -49,3 +49,50 @@ def test_import_adaptkit_does_not_import_torch():
     code = "import sys, adaptkit; print(sorted(m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Every adaptkit module -> the adaptkit modules it imports anywhere (top level, inside functions, under
+    TYPE_CHECKING): a function-level import still makes two modules depend on each other."""
+    root = INIT.parent
+    modules = {".".join(("adaptkit", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): path
+               for path in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        if name == "adaptkit":  # the facade: it imports every public name lazily, by design
+            continue
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join([*parts[:len(parts) - node.level + 1], base]).strip(".")
+                for alias in node.names:  # `from adaptkit import bases`: a module; `AdaptedModel`: its home module
+                    candidate = f"{base}.{alias.name}"
+                    targets.add(candidate if candidate in modules else adaptkit._EXPORTS.get(alias.name, base)
+                                if base == "adaptkit" else base)
+        graph[name] = {target for target in targets if target in modules and target not in (name, "adaptkit")}
+    return graph
+
+
+def test_the_module_graph_has_no_cycles():
+    graph = _module_imports()
+    assert {"adaptkit.adapters", "adaptkit.bases", "adaptkit.tiny"} <= set(graph)
+    assert "adaptkit.card" in graph["adaptkit.hub"] and "adaptkit.tiny" in graph["adaptkit.bases"]  # it sees imports
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            assert state.get(target) != "open", "import cycle: " + " -> ".join([*path[path.index(target):], target])
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

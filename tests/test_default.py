@@ -10,9 +10,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from adaptkit.bases import DEFAULT_GENERALIST_DIR, load_generalist
 from adaptkit.codecs import build_codec
 from adaptkit.data import check_all, open_source
-from adaptkit.generalist import DEFAULT_GENERALIST_DIR, load_generalist
 from adaptkit.inference import builtin_task, evaluate
 from adaptkit.pretrain import PretrainConfig
 from adaptkit.recipe import load_recipe

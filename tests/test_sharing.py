@@ -179,7 +179,7 @@ def test_the_released_base_is_named_by_its_hub_ids():
 def test_a_hub_base_is_recorded_with_the_commit_that_was_loaded(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from adaptkit.adapters import base_record
+    from adaptkit.record import base_record
 
     def cache(repo_id: str, filename: str, commit: str) -> None:
         folder = tmp_path / f"models--{repo_id.replace('/', '--')}"
