@@ -35,8 +35,9 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from adaptkit.errors import AdaptkitError
+from adaptkit.files import read_json
 from adaptkit.images import ImageLike, resize, to_model_batch, to_rgb_array
-from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache, PromptEncoder
+from adaptkit.prompts import MAX_POINTS, PROMPT_CACHE_FILE, PromptCache, PromptEncoder
 from adaptkit.sampling import SAMPLER_DEFAULTS, SHARED_DEFAULTS, euler_sample
 
 SD3_MEDIUM_HUB_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
@@ -67,8 +68,6 @@ _FLOW = SAMPLER_DEFAULTS["flow"]
 #: The five top-level keys of `DICEPTION_v1.pth`.
 CHECKPOINT_KEYS = ("transformer", "point_embedder", "not_seg_embeddings", "seg_embeddings",
                    "positional_encoding_gaussian_matrix")
-
-MAX_POINTS = 5
 
 #: The files of the SD3 base that `from_diception` reads (its transformer weights come from the .pth).
 SD3_BASE_FILES = ["vae/*", "scheduler/*", "text_encoder*/*", "tokenizer*/*", "transformer/config.json"]
@@ -413,7 +412,8 @@ class Generalist(nn.Module):
         if not config_path.is_file():
             raise CheckpointError(f"{folder} is not an adaptkit generalist folder: {GENERALIST_CONFIG_FILE} "
                                   "is missing (for the SD3 base + DICEPTION_v1.pth use from_diception)")
-        config = GeneralistConfig(**json.loads(config_path.read_text()))
+        config = read_generalist_config(config_path)
+        refuse_pickled_weights(folder)
         transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer")
         point_encoder = PointPromptEncoder.from_pretrained(folder / "point_encoder")
         generalist = cls(InContextDenoiser(transformer, point_encoder),
@@ -565,6 +565,50 @@ def load_diception_checkpoint(path: str | Path) -> dict[str, Any]:
     if extra:
         warnings.warn(f"{path}: ignoring unexpected top-level key(s) {extra}", stacklevel=2)
     return state
+
+
+def read_generalist_config(path: Path) -> GeneralistConfig:
+    """`generalist.json`, its keys and values checked: a wrong one is named here, not deep inside sampling."""
+    from adaptkit.recipe import MAX_RESOLUTION, RecipeError, build_section
+
+    data = read_json(path, "generalist config")
+    try:
+        config = build_section(GeneralistConfig, data)
+    except RecipeError as error:
+        raise CheckpointError(f"{path}: not a valid generalist config: {error}") from None
+    problems = [
+        (16 <= config.resolution <= MAX_RESOLUTION and config.resolution % 16 == 0,
+         f"resolution must be a multiple of 16 from 16 to {MAX_RESOLUTION}, got {config.resolution}"),
+        (config.max_sequence_length >= 1, f"max_sequence_length must be >= 1, got {config.max_sequence_length}"),
+        (config.objective in SAMPLER_DEFAULTS, f"objective {config.objective!r} is not one of "
+                                               f"{', '.join(SAMPLER_DEFAULTS)}"),
+        (all(isinstance(k, str) and isinstance(v, str) and v for k, v in config.task_prompts.items()),
+         f"task_prompts must map task names to prompt strings, got {config.task_prompts!r}"),
+    ]
+    for ok, problem in problems:
+        if not ok:
+            raise CheckpointError(f"{path}: not a valid generalist config: {problem}")
+    return config
+
+
+#: Pickle formats that diffusers and transformers would fall back to where a part holds no safetensors.
+PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickled_weights(folder: Path) -> None:
+    """Refuse a generalist folder whose part (transformer, vae, a text encoder) holds its weights only as a
+    pickle: adaptkit loads safetensors alone, so a pickle is never unpickled, and the message says how to convert."""
+    for part in sorted(path for path in folder.iterdir() if path.is_dir()):
+        files = sorted(path for path in part.iterdir() if path.is_file())
+        pickled = [path for path in files if path.suffix in PICKLED_WEIGHT_SUFFIXES]
+        if pickled and not any(path.suffix == ".safetensors" for path in files):
+            stem = "model" if pickled[0].stem == "pytorch_model" else pickled[0].stem  # the name transformers reads
+            target = pickled[0].with_name(f"{stem}.safetensors")
+            raise CheckpointError(
+                f"{pickled[0]}: the {part.name} weights are a pickle, and adaptkit never loads pickled weights (they "
+                f"can run code); convert them to safetensors, where you trust the file: python -c \"import torch; "
+                f"from safetensors.torch import save_file; save_file(torch.load('{pickled[0]}', weights_only=True), "
+                f"'{target}')\"")
 
 
 def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from torch.utils.data import DataLoader
 
 from adaptkit import bases
-from adaptkit.adapters import AdapterMeta, add_lora, count_parameters, save_adapter
+from adaptkit.adapters import AdapterMeta, add_lora, count_parameters, resolve_targets, save_adapter
 from adaptkit.codecs import Codec
 from adaptkit.data import Sample, Splits, hflip_sample
 from adaptkit.errors import AdaptkitError, FileError
@@ -513,7 +513,7 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
     train_samples, val_samples = checked.samples["train"], checked.samples["val"]
     for warning in checked.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    writable_folder(out)
+    writable_folder(out, create=False)  # created once nothing can be refused any more: a refusal leaves nothing
     L.seed_everything(recipe.train.seed, verbose=False)
     # 2. the generalist; under bf16-mixed its frozen weights are bf16 too (LoRA weights stay fp32), which is
     #    what lets SD3-medium train in 24 GB
@@ -521,6 +521,7 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
     precision = _precision(train_cfg.precision, train_cfg.accelerator)
     if generalist is None:
         generalist = load_base(recipe)
+    resolve_targets(generalist.denoiser, recipe.adapter.targets)  # layer names this base lacks: before any write
     # 3. prompts and latents, once; then the text encoders go
     generalist.prompts.encode([recipe.task.prompt, ""])
     generalist.prompts.drop_text_encoders()
@@ -558,6 +559,7 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
         default_root_dir=out)
     train_loader = DataLoader(range(train_cfg.steps * train_cfg.grad_accum), batch_size=1)  # batches: see training_step
     val_loader = DataLoader(range(len(val_set)), batch_size=recipe.inference.batch_size)
+    writable_folder(out)
     (out / "recipe.yaml").write_text(recipe.to_yaml())
     log = out / "logs" / "metrics.csv"
     earlier_log = [row for row in _read_log(log) if int(row["step"]) < resume_step] if resume else []
