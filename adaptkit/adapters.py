@@ -189,6 +189,16 @@ class AdapterMeta:
             objectives = typing.get_args(typing.get_type_hints(TrainSection)["objective"])
             if data.get("objective") not in objectives:
                 problems.append(f"objective {data.get('objective')!r} is not one of {', '.join(objectives)}")
+        if not problems:  # what loading, eval and predict read inside the values: checked here, keys named
+            problems += [message for ok, message in (
+                (re.fullmatch(r"[0-9a-f]{16}", data["base_fingerprint"]) is not None,
+                 f"base_fingerprint must be 16 hex digits, got {data['base_fingerprint']!r}"),
+                (isinstance(data["base"].get("generalist"), str) and bool(data["base"].get("generalist")),
+                 f"base.generalist must name the base, got {data['base'].get('generalist')!r}"),
+                (all(isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+                     for ids in data.get("samples", {}).values()),
+                 f"samples must map splits to lists of pair ids, got {data.get('samples')!r}"),
+            ) if not ok]
         if not problems:  # the recorded settings as a recipe's are checked: what eval and predict will use
             try:
                 problems += inference_problems(build_section(InferenceSection, data["inference"], "inference"))

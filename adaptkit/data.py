@@ -430,6 +430,11 @@ def select_shots(ids: Sequence[str], data: DataSection) -> Splits:
     return Splits(shuffled[:val_start], shuffled[val_start:test_start], shuffled[test_start:test_end])
 
 
+def _where(source: DataSource) -> str:
+    """A source as a message names it: its folder, dataset or file."""
+    return str(getattr(source, "root", None) or getattr(source, "path", None) or "the data")
+
+
 def check_all(source: DataSource, ids: Iterable[str]) -> list[Sample]:
     """Load every pair of `ids`: the samples, or ONE DataError reporting every unusable pair (unreadable,
     invalid, mis-sized) and what is wrong with the set as a whole (every mask empty, say), so a single run
@@ -440,6 +445,9 @@ def check_all(source: DataSource, ids: Iterable[str]) -> list[Sample]:
     once per kind, naming the files, so that nothing is read in a way the user did not see.
     """
     ids = list(ids)
+    known = set(source.ids())
+    if absent := [id for id in ids if id not in known]:  # ids recorded elsewhere (an adapter's samples) gone here
+        raise DataError(_listing(f"pair id(s) asked for are not in {_where(source)}", absent))
     samples, problems, notes = [], [], {}
     for id in ids:
         with warnings.catch_warnings(record=True) as caught:
@@ -459,7 +467,7 @@ def check_all(source: DataSource, ids: Iterable[str]) -> list[Sample]:
                         + "\n  ".join(problems[:_SHOWN] + more))
     whole = source.codec.check_set([sample.target for sample in samples])
     if whole:
-        raise DataError(f"{getattr(source, 'root', None) or getattr(source, 'path', None) or 'the data'}: {whole}")
+        raise DataError(f"{_where(source)}: {whole}")
     for note, noted in notes.items():
         print(f"note: {_listing(f'of {len(ids)} targets: {note}', noted)}", file=sys.stderr)
     return samples
@@ -477,5 +485,5 @@ def hflip_sample(sample: Sample, codec: Codec) -> Sample:
     (which negates normals' x and swaps left/right keypoints), point prompts mirrored to x -> W - 1 - x (pixel
     indices, as the codecs' keypoints)."""
     width = sample.image.shape[1]
-    points = None if sample.points is None else [(max(width - 1 - x, 0.0), y) for x, y in sample.points]  # x < W
+    points = None if sample.points is None else [(width - 1 - x, y) for x, y in sample.points]
     return Sample(sample.id, sample.image[:, ::-1].copy(), codec.hflip(sample.target), points)

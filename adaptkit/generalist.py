@@ -414,12 +414,11 @@ class Generalist(nn.Module):
                                   "is missing (for the SD3 base + DICEPTION_v1.pth use from_diception)")
         config = read_generalist_config(config_path)
         refuse_pickled_weights(folder)
-        transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer")
-        point_encoder = PointPromptEncoder.from_pretrained(folder / "point_encoder")
-        generalist = cls(InContextDenoiser(transformer, point_encoder),
-                         AutoencoderKL.from_pretrained(folder / "vae"),
+        transformer = load_part(SD3Transformer2DModel, folder, "transformer")
+        point_encoder = load_part(PointPromptEncoder, folder, "point_encoder")
+        generalist = cls(InContextDenoiser(transformer, point_encoder), load_part(AutoencoderKL, folder, "vae"),
                          _load_prompt_encoder(folder, config.max_sequence_length, load_text_encoders),
-                         FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"), config)
+                         load_scheduler(folder), config)
         return generalist.to_runtime(device, dtype)
 
     @classmethod
@@ -591,6 +590,56 @@ def read_generalist_config(path: Path) -> GeneralistConfig:
     return config
 
 
+#: No size in a real model's config comes near this (SD3-medium's largest is 4096, T5's vocabulary 32128): a larger
+#: one is a damaged config, refused before a library tries to build a model that size.
+MAX_CONFIG_SIZE = 1 << 20
+
+
+def load_part(model_class: Any, folder: Path, part: str, config_file: str = "") -> Any:
+    """One part of a generalist folder (`folder/part`), built by its library from the config and weights there.
+
+    diffusers and transformers trust a config: a key missing, a wrong type or a size that disagrees with the
+    weights fails deep inside them, and a huge size would build for ever. So sizes are bounded first, and any
+    failure to build comes back naming the part's folder.
+    """
+    path = folder / part / (config_file or getattr(model_class, "config_name", "config.json"))
+    config = read_json(path, f"{part} config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    for key, value in config.items():
+        if any(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) > MAX_CONFIG_SIZE
+               for v in (value if isinstance(value, list) else [value])):
+            raise CheckpointError(f"{path}: {key} {value!r} is beyond any model's size (at most {MAX_CONFIG_SIZE}); "
+                                  "the generalist folder is damaged: copy it again")
+    try:
+        return model_class.from_pretrained(folder / part)
+    except Exception as error:  # the libraries raise many kinds for a config or weights they cannot build from
+        detail = (str(error).splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{folder / part}: the {part} cannot be built from {path.name} and its weights "
+                              f"({type(error).__name__}: {detail}); the generalist folder is damaged: copy it "
+                              "again") from None
+
+
+def load_scheduler(folder: Path) -> FlowMatchEulerDiscreteScheduler:
+    """The folder's flow-matching schedule, tried once on a single number as training and sampling use it: a
+    config that cannot sample (dynamic shifting without an image size, a shift that is not a number, no
+    timesteps) is refused here, naming its file, rather than in the middle of a run."""
+    scheduler = load_part(FlowMatchEulerDiscreteScheduler, folder, "scheduler")
+    path = folder / "scheduler" / scheduler.config_name
+    try:
+        one = torch.ones(1)
+        sampled = euler_sample(scheduler.config, lambda latents, condition, t: one, one, one, 2)
+        usable = len(scheduler.timesteps) > 0 and bool(torch.isfinite(scheduler.sigmas).all()
+                                                       and torch.isfinite(sampled).all())
+        problem = "its timesteps or noise levels are empty or not finite"
+    except Exception as error:  # diffusers' own checks of the options raise several kinds
+        usable, problem = False, f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+    if not usable:
+        raise CheckpointError(f"{path}: this schedule cannot sample ({problem}); the generalist folder is damaged: "
+                              "copy it again")
+    return scheduler
+
+
 #: Pickle formats that diffusers and transformers would fall back to where a part holds no safetensors.
 PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -648,7 +697,7 @@ def _load_prompt_encoder(folder: Path, max_sequence_length: int, load_text_encod
                                   ("text_encoder_2", CLIPTextModelWithProjection),
                                   ("text_encoder_3", T5EncoderModel)):
             if (folder / name).is_dir():
-                encoders[name] = model_class.from_pretrained(folder / name)
+                encoders[name] = load_part(model_class, folder, name, "config.json")
     tokenizers = {name: AutoTokenizer.from_pretrained(folder / name) if (folder / name).is_dir() else None
                   for name in ("tokenizer", "tokenizer_2", "tokenizer_3")}
     cache_path = folder / PROMPT_CACHE_FILE

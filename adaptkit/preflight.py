@@ -70,7 +70,10 @@ def _transformer_width(recipe: Recipe) -> int | None:
             config = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-    return int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    try:
+        return int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    except (KeyError, TypeError, ValueError, OverflowError):  # a damaged config: loading the base will say so
+        return None
 
 
 def suspicious(recipe: Recipe, train_images: int) -> list[str]:

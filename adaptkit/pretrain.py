@@ -22,6 +22,7 @@ import contextlib
 import csv
 import difflib
 import json
+import math
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -38,7 +39,8 @@ from tqdm.auto import tqdm
 
 from adaptkit.bases import generalist_folder
 from adaptkit.codecs import Instances, build_codec
-from adaptkit.generalist import DICEPTION_TASK_PROMPTS, CheckpointError, Generalist
+from adaptkit.files import read_json
+from adaptkit.generalist import DICEPTION_TASK_PROMPTS, MAX_CONFIG_SIZE, CheckpointError, Generalist
 from adaptkit.images import to_model_batch
 from adaptkit.metrics import build_codec_metrics, default_metric_names
 from adaptkit.recipe import RecipeError, build_section
@@ -105,6 +107,23 @@ class PretrainConfig:
                 raise RecipeError(f"spec.{key} is not a size of the generalist; {hint}"
                                   f"sizes: {', '.join(sizes)}")
         self.spec = {**sizes, **self.spec}
+        for key, value in self.spec.items():
+            default = sizes[key]
+            ok = isinstance(value, str) and bool(value) if isinstance(default, str) else (
+                isinstance(value, list | tuple) and bool(value) and all(_positive_int(v) for v in value)
+                if isinstance(default, list | tuple) else _positive_int(value) or (key == "seed" and value == 0))
+            if not ok:
+                raise RecipeError(f"spec.{key} must be {_kind_of(default)}, got {value!r}")
+        counts = {"scenes": 1, "val_scenes": 1, "vae_steps": 1, "vae_batch": 1, "steps": 1, "batch": 1, "warmup": 0,
+                  "checkpoint_every": 1, "seed": 0}
+        for key, least in counts.items():
+            if not (isinstance(getattr(self, key), int) and getattr(self, key) >= least):
+                raise RecipeError(f"{key} must be an integer >= {least}, got {getattr(self, key)!r}")
+        if self.objective not in OBJECTIVES:
+            raise RecipeError(f"objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        for key in ("lr", "vae_lr"):
+            if not (isinstance(getattr(self, key), int | float) and 0 < getattr(self, key) < math.inf):
+                raise RecipeError(f"{key} must be a number > 0, got {getattr(self, key)!r}")
         for name, weight in self.families.items():
             if name not in PRETRAINING_FAMILIES:
                 why = "is held out of pretraining (its tasks measure transfer)" if name in RENDERERS else \
@@ -119,6 +138,17 @@ class PretrainConfig:
         if self.precision not in PRECISIONS:
             raise RecipeError(f"precision {self.precision!r}: expected one of "
                               f"{', '.join(PRECISIONS)}")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CONFIG_SIZE
+
+
+def _kind_of(default: Any) -> str:
+    """How a size is described in an error: by the kind of its default."""
+    if isinstance(default, str):
+        return "a non-empty string"
+    return "a list of positive integers" if isinstance(default, list | tuple) else "a positive integer"
 
 
 @dataclass
@@ -550,4 +580,16 @@ def init_report(init: str) -> tuple[Path, dict]:
     if not report_path.is_file():
         raise RecipeError(f"init {init!r}: {report_path} is missing; only a generalist written by `adaptkit "
                           "pretrain` can be continued (its sizes and cost are read from that report)")
-    return folder, json.loads(report_path.read_text())
+    report = read_json(report_path, "pretraining report")
+    try:  # what a continued run reads from it: the settings (sizes among them) and the zero-shot scores
+        if not isinstance(report, dict) or not isinstance(report.get("config"), dict):
+            raise RecipeError("expected a JSON object with a 'config' object")
+        build_section(PretrainConfig, report["config"], "config")
+        scores = report.get("zero_shot")
+        if not (isinstance(scores, dict) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                 for v in scores.values())):
+            raise RecipeError(f"zero_shot must map score names to numbers, got {scores!r}")
+    except RecipeError as error:
+        raise RecipeError(f"init {init!r}: {report_path} is not a valid pretraining report: {error}; only a "
+                          "generalist written by `adaptkit pretrain` can be continued") from None
+    return folder, report

@@ -41,7 +41,7 @@ from adaptkit.codecs import Codec
 from adaptkit.data import Sample, Splits, hflip_sample
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import load_torch, writable_folder
-from adaptkit.generalist import MAX_POINTS, Generalist
+from adaptkit.generalist import MAX_POINTS, CheckpointError, Generalist
 from adaptkit.images import resize, to_model_batch
 from adaptkit.metrics import HIGHER_IS_BETTER, build_codec_metrics, default_metric_names
 from adaptkit.preflight import preflight
@@ -598,7 +598,10 @@ def load_base(recipe: Recipe) -> Generalist:
     train_cfg = recipe.train
     dtype = torch.bfloat16 if _precision(train_cfg.precision, train_cfg.accelerator) == "bf16-mixed" else torch.float32
     device = "cuda" if _uses_gpu(train_cfg.accelerator) else "cpu"
-    return bases.load_base(recipe.base, device=device, dtype=dtype)
+    try:
+        return bases.load_base(recipe.base, device=device, dtype=dtype)
+    except CheckpointError as error:  # say which recipe key named it
+        raise CheckpointError(f"{recipe.source}: base.generalist {recipe.base.generalist!r}: {error}") from None
 
 
 def _check_resume(recipe: Recipe, out: Path, resume: bool, last_checkpoint: Path) -> int:

@@ -8,6 +8,7 @@ Almost every case stops before any model loads; the few that need one use the ti
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -499,6 +500,13 @@ def test_an_adapter_for_another_base_names_the_adapter_the_base_and_the_first_ke
     assert "load it onto the base it was trained on" in err and not (tmp_path / "p").exists()
 
 
+def test_an_adapter_recording_samples_its_data_lacks_names_them(capsys, adapter):
+    _record(adapter, lambda d: d["samples"]["val"].extend(["banana", "gone"]))
+    refused(capsys, "eval", adapter, "--split", "val", message="2 pair id(s) asked for are not in")
+    err = refused(capsys, "eval", adapter, "--split", "val", message="banana, gone")
+    assert not (adapter.parent / "eval-val").exists(), err
+
+
 def test_an_adapter_recording_a_metric_its_codec_lacks_lists_the_known_ones(capsys, adapter):
     _record(adapter, lambda d: d["recipe"]["eval"].update(metrics=["dice", "banana"]))
     err = refused(capsys, "eval", adapter, "--split", "val",
@@ -612,9 +620,47 @@ def test_a_generalist_with_pickled_weights_is_refused_with_how_to_convert(capsys
     refused(capsys, "train", recipe, "--out", tmp_path / "run", message=f"{pickle}: the transformer weights")
     assert not (tmp_path / "run").exists()
     command = err.split('python -c "')[1].rsplit('"', 1)[0]  # the conversion it suggests works as written
-    exec(command, {})  # noqa: S102 (the test runs the one line it tells users to run)
+    exec(command, {})  # the test runs the one line it tells users to run
     code, out, err = run(capsys, "info", pickled_base)
     assert code == 0 and "transformer" in out, err
+
+
+GENERALIST_DAMAGE = {  # found by tests/test_fuzz_input.py: each once ended in a crash report
+    "config-key-missing": ("point_encoder/config.json", lambda d: d.pop("num_frequencies"),
+                           "point_encoder: the point_encoder cannot be built from config.json"),
+    "huge-size": ("transformer/config.json", lambda d: d.update(num_layers=10**12),
+                  "config.json: num_layers 1000000000000 is beyond any model's size"),
+    "dynamic-shift": ("scheduler/scheduler_config.json", lambda d: d.update(use_dynamic_shifting=True),
+                      "scheduler_config.json: this schedule cannot sample"),
+    "nan-shift": ("scheduler/scheduler_config.json", lambda d: d.update(shift=math.nan),
+                  "scheduler_config.json: this schedule cannot sample"),
+    "no-timesteps": ("scheduler/scheduler_config.json", lambda d: d.update(num_train_timesteps=0),
+                     "scheduler: the scheduler cannot be built from scheduler_config.json"),
+    "config-extra-key": ("generalist.json", lambda d: d.update(colour=1), "generalist.json: not a valid generalist "
+                                                                          "config: unknown key 'colour'"),
+    "config-resolution": ("generalist.json", lambda d: d.update(resolution=30), "resolution must be a multiple of 16"),
+    "config-prompts": ("generalist.json", lambda d: d.update(task_prompts={"depth": 5}), "task_prompts must map"),
+}
+
+
+@pytest.mark.parametrize("damage", list(GENERALIST_DAMAGE))
+def test_a_damaged_generalist_folder_is_refused_naming_the_file(capsys, tmp_path, tiny, damage):
+    name, change, message = GENERALIST_DAMAGE[damage]
+    folder = tiny.save_pretrained(tmp_path / "gen")
+    _edit_json(folder / name, change)
+    refused(capsys, "info", folder, message=message)
+    recipe = write_recipe(tmp_path / "r.yaml", base={"generalist": str(folder)})
+    err = refused(capsys, "train", recipe, "--out", tmp_path / "run", message=message)
+    assert f"{recipe}: base.generalist '{folder}'" in err and not (tmp_path / "run").exists()
+
+
+def test_a_base_that_is_nowhere_names_the_recipe_key(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = write_recipe(tmp_path / "r.yaml", base={"generalist": str(tmp_path / "nowhere")})
+    refused(capsys, "train", recipe, "--out", tmp_path / "run",
+            message=f"{recipe}: base.generalist '{tmp_path / 'nowhere'}': '{tmp_path / 'nowhere'}' is neither a local "
+                    "folder nor a Hub repo")
+    assert not (tmp_path / "run").exists()
 
 
 PLUGIN = """
@@ -667,6 +713,11 @@ NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(),
     (["families.scenes=-1"], "families.scenes must be a positive weight"),
     (["spec.patchsize=1"], "did you mean 'spec.patch_size'"),
     (["precision=fp8"], "precision 'fp8': expected one of fp32, bf16"),
+    (["spec.layers=abc"], "spec.layers must be a positive integer, got 'abc'"),
+    (["spec.vae_channels=[16, -2]"], "spec.vae_channels must be a list of positive integers"),
+    (["steps=0"], "steps must be an integer >= 1, got 0"),
+    (["lr=-1"], "lr must be a number > 0"),
+    (["objective=banana"], "objective 'banana': expected one of"),
     (["init=default", "spec.layers=2"], "init 'default': spec.layers is 2 here but 4 in"),
     (["init=./no-such-generalist"], "init './no-such-generalist': './no-such-generalist' is neither a local folder"),
 ])
