@@ -121,9 +121,9 @@ class PretrainConfig:
                 raise RecipeError(f"{key} must be an integer >= {least}, got {getattr(self, key)!r}")
         if self.objective not in OBJECTIVES:
             raise RecipeError(f"objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
-        for key in ("lr", "vae_lr"):
-            if not (isinstance(getattr(self, key), int | float) and 0 < getattr(self, key) < math.inf):
-                raise RecipeError(f"{key} must be a number > 0, got {getattr(self, key)!r}")
+        for key in ("lr", "vae_lr"):  # 0 is allowed: a continued run that keeps its start's weights (a test)
+            if not (isinstance(getattr(self, key), int | float) and 0 <= getattr(self, key) < math.inf):
+                raise RecipeError(f"{key} must be a finite number >= 0, got {getattr(self, key)!r}")
         for name, weight in self.families.items():
             if name not in PRETRAINING_FAMILIES:
                 why = "is held out of pretraining (its tasks measure transfer)" if name in RENDERERS else \
