@@ -229,6 +229,24 @@ class _SceneRenderer:
 
 
 # ------------------------------------------------------------------------ checkpoints
+def stage_state(folder: Path) -> dict[str, float]:
+    """The step a stage's folder reached and the seconds it trained (0 and 0 before its first checkpoint)."""
+    state = folder / "state.json"
+    return {"step": 0, "seconds": 0.0, **(json.loads(state.read_text()) if state.is_file() else {})}
+
+
+def refuse_finished(out: str | Path, config: PretrainConfig, stages: tuple[str, ...]) -> None:
+    """A run whose generalist is written and whose every asked stage reached its steps would train nothing: say
+    so (how to continue it, or start anew) rather than rewrite the same folder and exit as if it had worked."""
+    out = Path(out)
+    steps = {"vae": config.vae_steps, "generalist": config.steps}
+    reached = {stage: int(stage_state(out / stage)["step"]) for stage in stages}
+    if (out / "default" / PRETRAINING_REPORT).is_file() and all(reached[s] >= steps[s] for s in stages):
+        done = ", ".join(f"{stage} at step {step}" for stage, step in reached.items())
+        raise RecipeError(f"--out {out}: this run is finished ({done}); nothing to train: raise steps=N (vae_steps=N "
+                          "for the VAE) to continue it, or use a new --out")
+
+
 class Checkpoint:
     """A stage's resumable state: model weights (safetensors), optimiser state, the step reached and the
     seconds spent training (summed over resumes: what the stage cost)."""
@@ -239,8 +257,7 @@ class Checkpoint:
 
     @property
     def state(self) -> dict[str, float]:
-        state = self.folder / "state.json"
-        return {"step": 0, "seconds": 0.0, **(json.loads(state.read_text()) if state.is_file() else {})}
+        return stage_state(self.folder)
 
     def save(self, step: int, seconds: float, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         weights, opt = self.folder / "model.safetensors", self.folder / "optimizer.pt"

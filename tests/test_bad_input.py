@@ -726,6 +726,18 @@ def test_bad_pretraining_settings_are_refused(capsys, tmp_path, argv, message):
     assert not (tmp_path / "p" / "default").exists()
 
 
+@pytest.mark.slow
+def test_pretraining_a_finished_run_again_trains_nothing_and_says_so(capsys, tmp_path):
+    out = tmp_path / "p"
+    argv = ["pretrain", "--out", out, "--stages", "generalist", "init=default", "steps=1", "scenes=2", "val_scenes=1",
+            "batch=2", "warmup=0"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    refused(capsys, *argv, message=f"--out {out}: this run is finished (generalist at step 1); nothing to train")
+    assert before == {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+
+
 @pytest.mark.parametrize(("device", "message"), [
     pytest.param("cuda", "this machine has no CUDA device; use --device cpu", marks=NEEDS_NO_CUDA),
     ("tpu", "--device 'tpu': expected cpu, cuda or cuda:N"),
