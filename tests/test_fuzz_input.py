@@ -32,8 +32,10 @@ from test_bad_input import SIZE, run, write_folder, write_recipe
 
 from adaptkit.bases import DEFAULT_GENERALIST_DIR
 
-#: The examples each target draws: a few in the fast suite, many under `slow`.
-BUDGETS = [pytest.param(3, id="fast"), pytest.param(50, id="slow", marks=pytest.mark.slow)]
+
+def budgets(fast: int, slow: int) -> list:
+    """The examples a target draws: a few in the fast suite (`pytest -m "not slow"`), many under `slow`."""
+    return [pytest.param(fast, id="fast"), pytest.param(slow, id="slow", marks=pytest.mark.slow)]
 
 DELETE, EXTRA = object(), object()
 #: What a field may be turned into: wrong types, empty, huge, negative, not a number, missing, an extra key.
@@ -143,20 +145,22 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
 
 def _train_and_check(capsys, recipe: Path, out: Path, names: tuple[str, ...], what: str) -> None:
-    if outcome(capsys, ["check", recipe], None, names, what) == 0:
-        outcome(capsys, ["train", recipe, "--out", out], out, names, what)
+    if (outcome(capsys, ["check", recipe], None, names, what) == 0
+            and outcome(capsys, ["train", recipe, "--out", out], out, names, what) == 0):
+        assert (out / "adapter" / "adaptkit.json").is_file(), f"{what}: train exited 0 without an adapter"
 
 
 def _use_adapter(capsys, adapter: Path, out: Path, inputs: Path, names: tuple[str, ...], what: str,
                  data: Path | None = None) -> None:
     """Evaluate the adapter (on `data`, or its recorded validation split) and predict `inputs` with it."""
     evaluate = ["eval", adapter, "--out", out / "eval", *(["--data", data] if data else ["--split", "val"])]
-    outcome(capsys, evaluate, out / "eval", names, what)
+    if outcome(capsys, evaluate, out / "eval", names, what) == 0:
+        assert json.loads((out / "eval" / "metrics.json").read_text()), f"{what}: eval exited 0 without metrics"
     outcome(capsys, ["predict", adapter, inputs, "--out", out / "predictions"], out / "predictions", names, what)
 
 
 # ------------------------------------------------------------------------------------------ the properties
-@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("budget", budgets(3, 40))
 def test_a_mutated_recipe_is_checked_and_trained_or_refused_naming_the_key(capsys, world, budget):
     document = yaml.safe_load(world["recipe"].read_text())
 
@@ -172,7 +176,7 @@ def test_a_mutated_recipe_is_checked_and_trained_or_refused_naming_the_key(capsy
     property_()
 
 
-@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("budget", budgets(3, 40))
 def test_a_mutated_adapter_record_is_used_or_refused_naming_it(capsys, world, budget):
     document = json.loads((world["adapter"] / "adaptkit.json").read_text())
 
@@ -193,7 +197,7 @@ GENERALIST_CONFIGS = ["generalist.json", "transformer/config.json", "vae/config.
                       "scheduler/scheduler_config.json"]
 
 
-@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("budget", budgets(1, 20))
 def test_a_mutated_generalist_config_is_loaded_or_refused_naming_it(capsys, world, budget):
     documents = {name: json.loads((world["generalist"] / name).read_text()) for name in GENERALIST_CONFIGS}
 
@@ -221,7 +225,7 @@ def test_a_mutated_generalist_config_is_loaded_or_refused_naming_it(capsys, worl
     property_()
 
 
-@pytest.mark.parametrize("budget", [pytest.param(2, id="fast"), pytest.param(20, id="slow", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("budget", budgets(1, 10))
 def test_a_mutated_pretraining_report_is_continued_or_refused_naming_it(capsys, budget):
     report = DEFAULT_GENERALIST_DIR / "pretraining.json"
     document = json.loads(report.read_text())
@@ -271,7 +275,7 @@ def damaged_files(draw: st.DrawFn, data: Path) -> tuple[str, str, Any]:
     return name, draw(st.sampled_from(DAMAGE)), None
 
 
-@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("budget", budgets(2, 30))
 def test_damaged_data_is_trained_evaluated_or_refused_naming_the_file(capsys, world, budget):
     @fuzz(budget)
     @given(damaged_files(world["data"]), st.integers(0, 2**16))
