@@ -107,13 +107,17 @@ class PretrainConfig:
                 raise RecipeError(f"spec.{key} is not a size of the generalist; {hint}"
                                   f"sizes: {', '.join(sizes)}")
         self.spec = {**sizes, **self.spec}
-        for key, value in self.spec.items():
+        for key, value in self.spec.items():  # the sizes a generalist is built from: none may be nonsense
             default = sizes[key]
-            ok = isinstance(value, str) and bool(value) if isinstance(default, str) else (
-                isinstance(value, list | tuple) and bool(value) and all(_positive_int(v) for v in value)
-                if isinstance(default, list | tuple) else _positive_int(value) or (key == "seed" and value == 0))
+            if isinstance(default, str):
+                ok, kind = isinstance(value, str) and bool(value), "a non-empty string"
+            elif isinstance(default, list | tuple):
+                ok = isinstance(value, list | tuple) and bool(value) and all(map(_positive_int, value))
+                kind = "a list of positive integers"
+            else:
+                ok, kind = _positive_int(value) or (key == "seed" and value == 0), "a positive integer"
             if not ok:
-                raise RecipeError(f"spec.{key} must be {_kind_of(default)}, got {value!r}")
+                raise RecipeError(f"spec.{key} must be {kind}, got {value!r}")
         counts = {"scenes": 1, "val_scenes": 1, "vae_steps": 1, "vae_batch": 1, "steps": 1, "batch": 1, "warmup": 0,
                   "checkpoint_every": 1, "seed": 0}
         for key, least in counts.items():
@@ -141,14 +145,8 @@ class PretrainConfig:
 
 
 def _positive_int(value: Any) -> bool:
+    """A size a model can be built with: a positive integer no real config exceeds."""
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CONFIG_SIZE
-
-
-def _kind_of(default: Any) -> str:
-    """How a size is described in an error: by the kind of its default."""
-    if isinstance(default, str):
-        return "a non-empty string"
-    return "a list of positive integers" if isinstance(default, list | tuple) else "a positive integer"
 
 
 @dataclass
