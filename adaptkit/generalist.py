@@ -615,7 +615,7 @@ def load_part(model_class: Any, folder: Path, part: str, config_file: str = "") 
         return model_class.from_pretrained(folder / part)
     except Exception as error:  # the libraries raise many kinds for a config or weights they cannot build from
         detail = (str(error).splitlines() or [""])[0][:300]
-        raise CheckpointError(f"{folder / part}: the {part} cannot be built from {path.name} and its weights "
+        raise CheckpointError(f"{folder / part}: the {part} cannot be built from {path.name} and the files beside it "
                               f"({type(error).__name__}: {detail}); the generalist folder is damaged: copy it "
                               "again") from None
 
