@@ -726,6 +726,23 @@ def test_bad_pretraining_settings_are_refused(capsys, tmp_path, argv, message):
     assert not (tmp_path / "p" / "default").exists()
 
 
+@pytest.mark.parametrize(("change", "message"), [  # found by tests/test_fuzz_input.py: each once a crash report
+    (lambda d: d.update(config="banana"), "expected a JSON object with a 'config' object"),
+    (lambda d: d["config"]["spec"].update(layers="abc"), "config: spec.layers must be a positive integer, got 'abc'"),
+    (lambda d: d["config"].update(steps=-1), "config: steps must be an integer >= 1, got -1"),
+    (lambda d: d.update(zero_shot={"depth/absrel": "low"}), "zero_shot must map score names to numbers"),
+])
+def test_continuing_from_a_damaged_pretraining_report_is_refused_naming_it(capsys, tmp_path, change, message):
+    from adaptkit.bases import DEFAULT_GENERALIST_DIR
+
+    start = tmp_path / "start"
+    shutil.copytree(DEFAULT_GENERALIST_DIR, start)
+    _edit_json(start / "pretraining.json", change)
+    err = refused(capsys, "pretrain", "--out", tmp_path / "p", "--stages", "generalist", f"init={start}",
+                  message=f"{start / 'pretraining.json'} is not a valid pretraining report")
+    assert message in err and not (tmp_path / "p").exists()
+
+
 @pytest.mark.slow
 def test_pretraining_a_finished_run_again_trains_nothing_and_says_so(capsys, tmp_path):
     out = tmp_path / "p"
