@@ -24,14 +24,14 @@ from torch import nn
 
 from adaptkit import bases
 from adaptkit.card import build_card
-from adaptkit.codecs import Codec, build_codec
+from adaptkit.codecs import Codec, CodecError, build_codec
 from adaptkit.errors import FileError
 from adaptkit.files import read_json, read_safetensors, require_file, sha256
 from adaptkit.generalist import Generalist, Prediction
 from adaptkit.hub import download_adapter, is_hub_ref
 from adaptkit.images import ImageLike
 from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache
-from adaptkit.recipe import TARGET_PRESETS, AdapterSection
+from adaptkit.recipe import TARGET_PRESETS, AdapterSection, metric_names
 from adaptkit.record import ADAPTER_META_FILE, AdapterError, AdapterMeta
 from adaptkit.sampling import inference_defaults, sampling_allowed
 
@@ -80,9 +80,10 @@ def count_parameters(model: nn.Module, transformer: nn.Module) -> tuple[int, int
     return trainable, base
 
 
-def check_adapter_folder(folder: Path, meta: AdapterMeta) -> None:
+def check_adapter_folder(folder: Path, meta: AdapterMeta) -> dict[str, torch.Tensor]:
     """Every file of an adapter folder present and readable, and the weights those recorded at training
-    (sha256), before peft opens them: a missing file must never send peft looking on the Hub."""
+    (sha256), before peft opens them: a missing file must never send peft looking on the Hub. Returns the
+    LoRA tensors (for `check_adapter_fits`)."""
     fix = "the adapter folder is incomplete or damaged: copy it again or retrain"
     config = read_json(require_file(folder / ADAPTER_CONFIG_FILE, "adapter config (PEFT)", fix), "adapter config")
     if not isinstance(config, dict) or config.get("peft_type") != "LORA" or "r" not in config:
@@ -94,6 +95,36 @@ def check_adapter_folder(folder: Path, meta: AdapterMeta) -> None:
     if meta.weights_sha256 and sha256(weights) != meta.weights_sha256:
         raise FileError(weights, f"its sha256 {sha256(weights)[:16]}... differs from the {meta.weights_sha256[:16]}... "
                                  f"recorded in {ADAPTER_META_FILE}: the weights changed after training", fix)
+    if any(tensor.ndim != 2 or tensor.shape[0 if ".lora_A." in name else 1] != config["r"]
+           for name, tensor in tensors.items() if ".lora_A." in name or ".lora_B." in name) \
+            and not config.get("rank_pattern"):
+        raise FileError(weights, f"its LoRA matrices are not of the rank r={config['r']} that "
+                                 f"{ADAPTER_CONFIG_FILE} says", fix)
+    return tensors
+
+
+def check_adapter_fits(denoiser: nn.Module, tensors: dict[str, torch.Tensor], adapter: str | Path,
+                       base: str) -> None:
+    """Every LoRA matrix of an adapter sized for a layer of this denoiser, checked before peft loads it:
+    an adapter made for another base would fail inside peft's state-dict loading, naming nothing a user knows."""
+    model = denoiser.get_base_model() if isinstance(denoiser, PeftModel) else denoiser
+    for name, tensor in sorted(tensors.items()):
+        layer_name, _, kind = name.removeprefix("base_model.model.").partition(".lora_")
+        try:
+            layer = model.get_submodule(layer_name)
+        except AttributeError:
+            layer = None
+        layer = getattr(layer, "base_layer", layer)  # a layer another adapter already wrapped
+        if not isinstance(layer, nn.Linear):
+            raise AdapterError(f"{adapter} does not fit base {base!r}: its weight {name} is for a layer "
+                               f"{layer_name} that this base has no Linear layer of; load it onto the base it was "
+                               "trained on")
+        expected = layer.in_features if kind.startswith("A") else layer.out_features
+        found = tensor.shape[1] if kind.startswith("A") else tensor.shape[0]
+        if found != expected:
+            raise AdapterError(f"{adapter} does not fit base {base!r}: its weight {name} has shape "
+                               f"{tuple(tensor.shape)}, but layer {layer_name} is {layer.in_features} -> "
+                               f"{layer.out_features}; load it onto the base it was trained on")
 
 
 def save_adapter(folder: str | Path, denoiser: PeftModel, meta: AdapterMeta, prompts: PromptCache) -> Path:
@@ -174,7 +205,14 @@ class AdaptedModel:
         added beside them."""
         folder = resolve_adapter(adapter)
         meta = AdapterMeta.load(folder)
-        check_adapter_folder(folder, meta)
+        tensors = check_adapter_folder(folder, meta)
+        try:
+            codec = build_codec(meta.codec, meta.codec_args)
+        except CodecError as error:
+            raise FileError(folder / ADAPTER_META_FILE, f"codec: {error}",
+                            "the adapter folder is damaged, or its codec plugin is not importable here") from None
+        metric_names(codec, meta.recipe["eval"]["metrics"] or None,
+                     f"{folder / ADAPTER_META_FILE}: recipe.eval.metrics")
         cache_file = folder / PROMPT_CACHE_FILE
         cache = PromptCache.load(require_file(cache_file, "prompt embeddings", "copy the adapter folder again"))
         if meta.prompt not in cache:
@@ -187,11 +225,11 @@ class AdaptedModel:
                 f"{adapter}: this adapter was trained on base {meta.base['generalist']!r} with weight fingerprint "
                 f"{meta.base_fingerprint}, but the generalist given has fingerprint {fingerprint}; load it onto "
                 "the generalist it was trained on")
+        check_adapter_fits(generalist.denoiser, tensors, adapter, meta.base["generalist"])
         for prompt in cache.prompts:
             generalist.prompts.cache.put(prompt, *cache.get(prompt))
         name = attach_adapter(generalist, folder, meta.name)
-        return cls(generalist, build_codec(meta.codec, meta.codec_args), meta.prompt, meta.objective,
-                   meta.inference, meta, name)
+        return cls(generalist, codec, meta.prompt, meta.objective, meta.inference, meta, name)
 
     @contextmanager
     def active(self) -> Iterator[None]:

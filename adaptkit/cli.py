@@ -294,7 +294,7 @@ def _device(name: str) -> str:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain (or resume pretraining) the embedded default generalist on the synthetic world."""
-    from adaptkit.pretrain import STAGES, pretrain, pretrain_config
+    from adaptkit.pretrain import STAGES, pretrain, pretrain_config, refuse_finished
     from adaptkit.recipe import RecipeError, parse_overrides
 
     stages = tuple(stage.strip() for stage in args.stages.split(","))
@@ -306,6 +306,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         raise RecipeError(f"--workers {args.workers}: expected at least 1 rendering process")
     device = _device(args.device)
     config = pretrain_config(args.out, parse_overrides(args.settings))
+    refuse_finished(args.out, config, stages)
     generalist = pretrain(args.out, config, stages, device=device, workers=args.workers)
     print(f"generalist written to {args.out}/default ({generalist.config.description})")
     return 0

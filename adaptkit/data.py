@@ -31,6 +31,7 @@ from adaptkit import synth
 from adaptkit.codecs import Codec, CodecError, Instances, Keypoints, TargetNote
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.images import IMAGE_SUFFIXES, to_rgb_array
+from adaptkit.prompts import MAX_POINTS
 from adaptkit.recipe import DataSection
 
 _SHOWN = 10  # offending files named per problem; the rest are counted
@@ -84,11 +85,22 @@ def _checked(codec: Codec, target: Any, where: str) -> Any:
     return target
 
 
-def _as_points(points: Any, where: str) -> list[tuple[float, float]]:
+def _as_points(points: Any, where: str, image_size: tuple[int, int]) -> list[tuple[float, float]]:
+    """(x, y) pixel point prompts checked against the image (H, W) they prompt: at most `MAX_POINTS`, each on it."""
     try:
-        return [(float(x), float(y)) for x, y in points]
+        if not isinstance(points, list | tuple):
+            raise TypeError("not a list")
+        parsed = [(float(x), float(y)) for x, y in points]
     except (TypeError, ValueError) as error:
         raise DataError(f"{where}: point prompts must be [[x, y], ...], got {points!r}") from error
+    if len(parsed) > MAX_POINTS:
+        raise DataError(f"{where}: {len(parsed)} point prompts, but at most {MAX_POINTS} per image are allowed")
+    height, width = image_size
+    outside = [(x, y) for x, y in parsed if not (0 <= x < width and 0 <= y < height)]  # NaN is outside too
+    if outside:
+        raise DataError(f"{where}: point(s) {', '.join(f'({x:g}, {y:g})' for x, y in outside[:3])} lie outside the "
+                        f"{width} x {height} image (points are (x, y) pixels, 0 <= x < {width}, 0 <= y < {height})")
+    return parsed
 
 
 # ---------------------------------------------------------------------------------------------- folder
@@ -145,17 +157,17 @@ class FolderSource:
             target = self.codec.load_target(self._targets[id], image_size=image.shape[:2])
         except CodecError as error:  # its size message names the target and both sizes; add the image
             raise DataError(f"pair {id!r} (image {image_path}): {error}") from error
-        return Sample(id, image, target, self._read_prompt(self._prompts / f"{id}.json"))
+        return Sample(id, image, target, self._read_prompt(self._prompts / f"{id}.json", image.shape[:2]))
 
     @staticmethod
-    def _read_prompt(path: Path) -> list[tuple[float, float]] | None:
+    def _read_prompt(path: Path, image_size: tuple[int, int]) -> list[tuple[float, float]] | None:
         if not path.is_file():
             return None
         try:
             points = json.loads(path.read_text())["points"]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise DataError(f"{path}: expected {{\"points\": [[x, y], ...]}} ({error!r})") from error
-        return _as_points(points, str(path))
+        return _as_points(points, str(path), image_size)
 
 
 # -------------------------------------------------------------------------------------- hf (datasets)
@@ -208,7 +220,8 @@ class HFSource:
         except CodecError as error:
             raise DataError(f"{self.path} row {id}: {error}") from error
         points = row.get("points")
-        return Sample(id, image, target, None if points is None else _as_points(points, f"{where}.points"))
+        return Sample(id, image, target,
+                      None if points is None else _as_points(points, f"{where}.points", image.shape[:2]))
 
 
 # ------------------------------------------------------------------------------------------------ coco
@@ -367,7 +380,7 @@ class SynthSource:
         target, points = self.task.target(scene, rng)
         where = f"synth task {self.task.name} item {id}"
         return Sample(id, scene.image, _checked(self.codec, target, where),
-                      None if points is None else _as_points(points, where))
+                      None if points is None else _as_points(points, where, scene.image.shape[:2]))
 
 
 # ------------------------------------------------------------------------------------ opening, splits
@@ -417,6 +430,11 @@ def select_shots(ids: Sequence[str], data: DataSection) -> Splits:
     return Splits(shuffled[:val_start], shuffled[val_start:test_start], shuffled[test_start:test_end])
 
 
+def _where(source: DataSource) -> str:
+    """A source as a message names it: its folder, dataset or file."""
+    return str(getattr(source, "root", None) or getattr(source, "path", None) or "the data")
+
+
 def check_all(source: DataSource, ids: Iterable[str]) -> list[Sample]:
     """Load every pair of `ids`: the samples, or ONE DataError reporting every unusable pair (unreadable,
     invalid, mis-sized) and what is wrong with the set as a whole (every mask empty, say), so a single run
@@ -427,6 +445,9 @@ def check_all(source: DataSource, ids: Iterable[str]) -> list[Sample]:
     once per kind, naming the files, so that nothing is read in a way the user did not see.
     """
     ids = list(ids)
+    known = set(source.ids())
+    if absent := [id for id in ids if id not in known]:  # ids recorded elsewhere (an adapter's samples) gone here
+        raise DataError(_listing(f"pair id(s) asked for are not in {_where(source)}", absent))
     samples, problems, notes = [], [], {}
     for id in ids:
         with warnings.catch_warnings(record=True) as caught:
@@ -446,7 +467,7 @@ def check_all(source: DataSource, ids: Iterable[str]) -> list[Sample]:
                         + "\n  ".join(problems[:_SHOWN] + more))
     whole = source.codec.check_set([sample.target for sample in samples])
     if whole:
-        raise DataError(f"{getattr(source, 'root', None) or getattr(source, 'path', None) or 'the data'}: {whole}")
+        raise DataError(f"{_where(source)}: {whole}")
     for note, noted in notes.items():
         print(f"note: {_listing(f'of {len(ids)} targets: {note}', noted)}", file=sys.stderr)
     return samples

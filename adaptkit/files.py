@@ -122,11 +122,22 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def writable_folder(path: str | Path, what: str = "output folder") -> Path:
-    """Create `path` (and its parents) if needed and check files can be written there, before any work."""
+def writable_folder(path: str | Path, what: str = "output folder", create: bool = True) -> Path:
+    """Create `path` (and its parents) if needed and check files can be written there, before any work.
+
+    With `create=False` nothing is created: the folder, or the nearest folder above it that exists, must be
+    writable (a command that may still refuse its input checks so, and leaves nothing behind when it does).
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileError(path, f"the {what} is a file, not a folder", "choose another --out")
+    if not create:
+        existing = next(parent for parent in (path.absolute(), *path.absolute().parents) if parent.exists())
+        if not existing.is_dir():
+            raise FileError(path, f"the {what} cannot be created ({existing} is a file)", "choose another --out")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise FileError(path, f"the {what} is not writable", "choose another --out or fix its permissions")
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -35,8 +35,9 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from adaptkit.errors import AdaptkitError
+from adaptkit.files import read_json
 from adaptkit.images import ImageLike, resize, to_model_batch, to_rgb_array
-from adaptkit.prompts import PROMPT_CACHE_FILE, PromptCache, PromptEncoder
+from adaptkit.prompts import MAX_POINTS, PROMPT_CACHE_FILE, PromptCache, PromptEncoder
 from adaptkit.sampling import SAMPLER_DEFAULTS, SHARED_DEFAULTS, euler_sample
 
 SD3_MEDIUM_HUB_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
@@ -67,8 +68,6 @@ _FLOW = SAMPLER_DEFAULTS["flow"]
 #: The five top-level keys of `DICEPTION_v1.pth`.
 CHECKPOINT_KEYS = ("transformer", "point_embedder", "not_seg_embeddings", "seg_embeddings",
                    "positional_encoding_gaussian_matrix")
-
-MAX_POINTS = 5
 
 #: The files of the SD3 base that `from_diception` reads (its transformer weights come from the .pth).
 SD3_BASE_FILES = ["vae/*", "scheduler/*", "text_encoder*/*", "tokenizer*/*", "transformer/config.json"]
@@ -409,13 +408,13 @@ class Generalist(nn.Module):
         if not config_path.is_file():
             raise CheckpointError(f"{folder} is not an adaptkit generalist folder: {GENERALIST_CONFIG_FILE} "
                                   "is missing (for the SD3 base + DICEPTION_v1.pth use from_diception)")
-        config = GeneralistConfig(**json.loads(config_path.read_text()))
-        transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer")
-        point_encoder = PointPromptEncoder.from_pretrained(folder / "point_encoder")
-        generalist = cls(InContextDenoiser(transformer, point_encoder),
-                         AutoencoderKL.from_pretrained(folder / "vae"),
+        config = read_generalist_config(config_path)
+        refuse_pickled_weights(folder)
+        transformer = load_part(SD3Transformer2DModel, folder, "transformer")
+        point_encoder = load_part(PointPromptEncoder, folder, "point_encoder")
+        generalist = cls(InContextDenoiser(transformer, point_encoder), load_part(AutoencoderKL, folder, "vae"),
                          _load_prompt_encoder(folder, config.max_sequence_length, load_text_encoders),
-                         FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"), config)
+                         load_scheduler(folder), config)
         return generalist.to_runtime(device, dtype)
 
     @classmethod
@@ -595,6 +594,100 @@ def load_diception_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def read_generalist_config(path: Path) -> GeneralistConfig:
+    """`generalist.json`, its keys and values checked: a wrong one is named here, not deep inside sampling."""
+    from adaptkit.recipe import MAX_RESOLUTION, RecipeError, build_section
+
+    data = read_json(path, "generalist config")
+    try:
+        config = build_section(GeneralistConfig, data)
+    except RecipeError as error:
+        raise CheckpointError(f"{path}: not a valid generalist config: {error}") from None
+    problems = [
+        (16 <= config.resolution <= MAX_RESOLUTION and config.resolution % 16 == 0,
+         f"resolution must be a multiple of 16 from 16 to {MAX_RESOLUTION}, got {config.resolution}"),
+        (config.max_sequence_length >= 1, f"max_sequence_length must be >= 1, got {config.max_sequence_length}"),
+        (config.objective in SAMPLER_DEFAULTS, f"objective {config.objective!r} is not one of "
+                                               f"{', '.join(SAMPLER_DEFAULTS)}"),
+        (all(isinstance(k, str) and isinstance(v, str) and v for k, v in config.task_prompts.items()),
+         f"task_prompts must map task names to prompt strings, got {config.task_prompts!r}"),
+    ]
+    for ok, problem in problems:
+        if not ok:
+            raise CheckpointError(f"{path}: not a valid generalist config: {problem}")
+    return config
+
+
+#: No size in a real model's config comes near this (SD3-medium's largest is 4096, T5's vocabulary 32128): a larger
+#: one is a damaged config, refused before a library tries to build a model that size.
+MAX_CONFIG_SIZE = 1 << 20
+
+
+def load_part(model_class: Any, folder: Path, part: str, config_file: str = "") -> Any:
+    """One part of a generalist folder (`folder/part`), built by its library from the config and weights there.
+
+    diffusers and transformers trust a config: a key missing, a wrong type or a size that disagrees with the
+    weights fails deep inside them, and a huge size would build for ever. So sizes are bounded first, and any
+    failure to build comes back naming the part's folder.
+    """
+    path = folder / part / (config_file or getattr(model_class, "config_name", "config.json"))
+    config = read_json(path, f"{part} config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    for key, value in config.items():
+        if any(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) > MAX_CONFIG_SIZE
+               for v in (value if isinstance(value, list) else [value])):
+            raise CheckpointError(f"{path}: {key} {value!r} is beyond any model's size (at most {MAX_CONFIG_SIZE}); "
+                                  "the generalist folder is damaged: copy it again")
+    try:
+        return model_class.from_pretrained(folder / part)
+    except Exception as error:  # the libraries raise many kinds for a config or weights they cannot build from
+        detail = (str(error).splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{folder / part}: the {part} cannot be built from {path.name} and the files beside it "
+                              f"({type(error).__name__}: {detail}); the generalist folder is damaged: copy it "
+                              "again") from None
+
+
+def load_scheduler(folder: Path) -> FlowMatchEulerDiscreteScheduler:
+    """The folder's flow-matching schedule, tried once on a single number as training and sampling use it: a
+    config that cannot sample (dynamic shifting without an image size, a shift that is not a number, no
+    timesteps) is refused here, naming its file, rather than in the middle of a run."""
+    scheduler = load_part(FlowMatchEulerDiscreteScheduler, folder, "scheduler")
+    path = folder / "scheduler" / scheduler.config_name
+    try:
+        one = torch.ones(1)
+        sampled = euler_sample(scheduler.config, lambda latents, condition, t: one, one, one, 2)
+        usable = len(scheduler.timesteps) > 0 and bool(torch.isfinite(scheduler.sigmas).all()
+                                                       and torch.isfinite(sampled).all())
+        problem = "its timesteps or noise levels are empty or not finite"
+    except Exception as error:  # diffusers' own checks of the options raise several kinds
+        usable, problem = False, f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+    if not usable:
+        raise CheckpointError(f"{path}: this schedule cannot sample ({problem}); the generalist folder is damaged: "
+                              "copy it again")
+    return scheduler
+
+
+#: Pickle formats that diffusers and transformers would fall back to where a part holds no safetensors.
+PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickled_weights(folder: Path) -> None:
+    """Refuse a generalist folder whose part (transformer, vae, a text encoder) holds its weights only as a
+    pickle: adaptkit loads safetensors alone, so a pickle is never unpickled, and the message says how to convert."""
+    for part in sorted(path for path in folder.iterdir() if path.is_dir()):
+        files = sorted(path for path in part.iterdir() if path.is_file())
+        pickled = [path for path in files if path.suffix in PICKLED_WEIGHT_SUFFIXES]
+        if pickled and not any(path.suffix == ".safetensors" for path in files):
+            stem = "model" if pickled[0].stem == "pytorch_model" else pickled[0].stem  # the name transformers reads
+            target = pickled[0].with_name(f"{stem}.safetensors")
+            raise CheckpointError(
+                f"{pickled[0]}: the {part.name} weights are a pickle, and adaptkit never loads pickled weights (they "
+                f"can run code); convert them to safetensors, where you trust the file: python -c \"import torch; "
+                f"from safetensors.torch import save_file; save_file(torch.load('{pickled[0]}', weights_only=True), "
+                f"'{target}')\"")
+
+
 def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {prefix + key: value for key, value in state.items()}
 
@@ -632,7 +725,7 @@ def _load_prompt_encoder(folder: Path, max_sequence_length: int, load_text_encod
                                   ("text_encoder_2", CLIPTextModelWithProjection),
                                   ("text_encoder_3", T5EncoderModel)):
             if (folder / name).is_dir():
-                encoders[name] = model_class.from_pretrained(folder / name)
+                encoders[name] = load_part(model_class, folder, name, "config.json")
     tokenizers = {name: AutoTokenizer.from_pretrained(folder / name) if (folder / name).is_dir() else None
                   for name in ("tokenizer", "tokenizer_2", "tokenizer_3")}
     cache_path = folder / PROMPT_CACHE_FILE

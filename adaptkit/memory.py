@@ -258,7 +258,7 @@ def recipe_shapes(recipe: Any) -> tuple[BaseShapes, int] | None:
     downloaded); None where the base's configs are not on this machine or cannot be read."""
     try:
         return _recipe_shapes(recipe)
-    except (OSError, ValueError, KeyError, AttributeError):  # a config missing or foreign: train will say which
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, OverflowError):  # train says which config
         return None
 
 

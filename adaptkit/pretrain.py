@@ -22,6 +22,7 @@ import contextlib
 import csv
 import difflib
 import json
+import math
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -38,7 +39,8 @@ from tqdm.auto import tqdm
 
 from adaptkit.bases import generalist_folder
 from adaptkit.codecs import Instances, build_codec
-from adaptkit.generalist import DICEPTION_TASK_PROMPTS, CheckpointError, Generalist
+from adaptkit.files import read_json
+from adaptkit.generalist import DICEPTION_TASK_PROMPTS, MAX_CONFIG_SIZE, CheckpointError, Generalist
 from adaptkit.images import to_model_batch
 from adaptkit.metrics import build_codec_metrics, default_metric_names
 from adaptkit.recipe import RecipeError, build_section
@@ -111,6 +113,27 @@ class PretrainConfig:
                 raise RecipeError(f"spec.{key} is not a size of the generalist; {hint}"
                                   f"sizes: {', '.join(sizes)}")
         self.spec = {**default_sizes(), **self.spec}
+        for key, value in self.spec.items():  # the sizes a generalist is built from: none may be nonsense
+            default = sizes[key]
+            if isinstance(default, str):
+                ok, kind = isinstance(value, str) and bool(value), "a non-empty string"
+            elif isinstance(default, list | tuple):
+                ok = isinstance(value, list | tuple) and bool(value) and all(map(_positive_int, value))
+                kind = "a list of positive integers"
+            else:
+                ok, kind = _positive_int(value) or (key == "seed" and value == 0), "a positive integer"
+            if not ok:
+                raise RecipeError(f"spec.{key} must be {kind}, got {value!r}")
+        counts = {"scenes": 1, "val_scenes": 1, "vae_steps": 1, "vae_batch": 1, "steps": 1, "batch": 1, "warmup": 0,
+                  "checkpoint_every": 1, "seed": 0}
+        for key, least in counts.items():
+            if not (isinstance(getattr(self, key), int) and getattr(self, key) >= least):
+                raise RecipeError(f"{key} must be an integer >= {least}, got {getattr(self, key)!r}")
+        if self.objective not in OBJECTIVES:
+            raise RecipeError(f"objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        for key in ("lr", "vae_lr"):  # 0 is allowed: a continued run that keeps its start's weights (a test)
+            if not (isinstance(getattr(self, key), int | float) and 0 <= getattr(self, key) < math.inf):
+                raise RecipeError(f"{key} must be a finite number >= 0, got {getattr(self, key)!r}")
         for name, weight in self.families.items():
             if name not in PRETRAINING_FAMILIES:
                 why = "is held out of pretraining (its tasks measure transfer)" if name in RENDERERS else \
@@ -125,6 +148,11 @@ class PretrainConfig:
         if self.precision not in PRECISIONS:
             raise RecipeError(f"precision {self.precision!r}: expected one of "
                               f"{', '.join(PRECISIONS)}")
+
+
+def _positive_int(value: Any) -> bool:
+    """A size a model can be built with: a positive integer no real config exceeds."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CONFIG_SIZE
 
 
 @dataclass
@@ -205,6 +233,24 @@ class _SceneRenderer:
 
 
 # ------------------------------------------------------------------------ checkpoints
+def stage_state(folder: Path) -> dict[str, float]:
+    """The step a stage's folder reached and the seconds it trained (0 and 0 before its first checkpoint)."""
+    state = folder / "state.json"
+    return {"step": 0, "seconds": 0.0, **(json.loads(state.read_text()) if state.is_file() else {})}
+
+
+def refuse_finished(out: str | Path, config: PretrainConfig, stages: tuple[str, ...]) -> None:
+    """A run whose generalist is written and whose every asked stage reached its steps would train nothing: say
+    so (how to continue it, or start anew) rather than rewrite the same folder and exit as if it had worked."""
+    out = Path(out)
+    steps = {"vae": config.vae_steps, "generalist": config.steps}
+    reached = {stage: int(stage_state(out / stage)["step"]) for stage in stages}
+    if (out / "default" / PRETRAINING_REPORT).is_file() and all(reached[s] >= steps[s] for s in stages):
+        done = ", ".join(f"{stage} at step {step}" for stage, step in reached.items())
+        raise RecipeError(f"--out {out}: this run is finished ({done}); nothing to train: raise steps=N (vae_steps=N "
+                          "for the VAE) to continue it, or use a new --out")
+
+
 class Checkpoint:
     """A stage's resumable state: model weights (safetensors), optimiser state, the step reached and the
     seconds spent training (summed over resumes: what the stage cost)."""
@@ -215,8 +261,7 @@ class Checkpoint:
 
     @property
     def state(self) -> dict[str, float]:
-        state = self.folder / "state.json"
-        return {"step": 0, "seconds": 0.0, **(json.loads(state.read_text()) if state.is_file() else {})}
+        return stage_state(self.folder)
 
     def save(self, step: int, seconds: float, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         weights, opt = self.folder / "model.safetensors", self.folder / "optimizer.pt"
@@ -556,4 +601,16 @@ def init_report(init: str) -> tuple[Path, dict]:
     if not report_path.is_file():
         raise RecipeError(f"init {init!r}: {report_path} is missing; only a generalist written by `adaptkit "
                           "pretrain` can be continued (its sizes and cost are read from that report)")
-    return folder, json.loads(report_path.read_text())
+    report = read_json(report_path, "pretraining report")
+    try:  # what a continued run reads from it: the settings (sizes among them) and the zero-shot scores
+        if not isinstance(report, dict) or not isinstance(report.get("config"), dict):
+            raise RecipeError("expected a JSON object with a 'config' object")
+        build_section(PretrainConfig, report["config"], "config")
+        scores = report.get("zero_shot")
+        if not (isinstance(scores, dict) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                 for v in scores.values())):
+            raise RecipeError(f"zero_shot must map score names to numbers, got {scores!r}")
+    except RecipeError as error:
+        raise RecipeError(f"init {init!r}: {report_path} is not a valid pretraining report: {error}; only a "
+                          "generalist written by `adaptkit pretrain` can be continued") from None
+    return folder, report

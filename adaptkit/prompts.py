@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 PROMPT_CACHE_FILE = "prompt_embeds.safetensors"
 
+#: Point prompts per image: DICEPTION's point encoder always takes five tokens (unused ones are padding). Here,
+#: beside the text prompts, so that data loading checks a point-prompt file without importing the model.
+MAX_POINTS = 5
+
 
 class PromptCache:
     """Prompt string -> (sequence embeddings, pooled embeddings), saved as one safetensors file."""

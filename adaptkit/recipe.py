@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -342,17 +343,12 @@ def _validate(recipe: Recipe) -> None:
                                        f"{recipe.train.early_stop}"),
         (recipe.train.seed >= 0, f"train.seed must be >= 0, got {recipe.train.seed}"),
         (recipe.data.seed >= 0, f"data.seed must be >= 0, got {recipe.data.seed}"),
-        (recipe.inference.seed >= 0, f"inference.seed must be >= 0, got {recipe.inference.seed}"),
-        (recipe.inference.batch_size >= 1, f"inference.batch_size must be >= 1, got {recipe.inference.batch_size}"),
-        (recipe.inference.guidance >= 0, f"inference.guidance must be >= 0, got {recipe.inference.guidance}"),
         (recipe.data.synth_resolution >= 8, f"data.synth_resolution must be >= 8, got {recipe.data.synth_resolution}"),
         (recipe.train.batch_size >= 1, f"train.batch_size must be >= 1, got {recipe.train.batch_size}"),
         (recipe.train.grad_accum >= 1, f"train.grad_accum must be >= 1, got {recipe.train.grad_accum}"),
         (recipe.train.lr > 0, f"train.lr must be > 0, got {recipe.train.lr}"),
         (recipe.train.warmup >= 0, f"train.warmup must be >= 0, got {recipe.train.warmup}"),
         (recipe.train.val_every >= 1, f"train.val_every must be >= 1, got {recipe.train.val_every}"),
-        (recipe.inference.steps >= 1, f"inference.steps must be >= 1, got {recipe.inference.steps}"),
-        (recipe.inference.ensemble >= 1, f"inference.ensemble must be >= 1, got {recipe.inference.ensemble}"),
         (recipe.base.resolution is None or (16 <= recipe.base.resolution <= MAX_RESOLUTION
                                              and recipe.base.resolution % 16 == 0),
          f"base.resolution must be a multiple of 16 (patch size 2 x the VAE's factor 8) from 16 to "
@@ -363,6 +359,7 @@ def _validate(recipe: Recipe) -> None:
          f"data.path is empty: give the folder, Hub dataset id or COCO json for source {recipe.data.source!r}"),
         (recipe.data.source != "synth" or bool(recipe.data.synth_task),
          "data.synth_task is empty: name a held-out synthetic task, e.g. 'shadow'"),
+        *((False, problem) for problem in inference_problems(recipe.inference)),
     ]
     for ok, message in checks:
         if not ok:
@@ -380,6 +377,19 @@ def _validate(recipe: Recipe) -> None:
                           "or train single_step")
     if recipe.data.source in ("folder", "coco") and not Path(recipe.data.path).expanduser().exists():
         raise RecipeError(f"{where}: data.path {recipe.data.path!r} does not exist")
+
+
+def inference_problems(inference: InferenceSection) -> list[str]:
+    """What is out of range in inference settings: a recipe's, or those an adapter records (checked at load)."""
+    checks = [
+        (inference.steps >= 1, f"inference.steps must be >= 1, got {inference.steps}"),
+        (inference.ensemble >= 1, f"inference.ensemble must be >= 1, got {inference.ensemble}"),
+        (inference.batch_size >= 1, f"inference.batch_size must be >= 1, got {inference.batch_size}"),
+        (math.isfinite(inference.guidance) and inference.guidance >= 0,
+         f"inference.guidance must be >= 0, got {inference.guidance}"),
+        (inference.seed >= 0, f"inference.seed must be >= 0, got {inference.seed}"),
+    ]
+    return [message for ok, message in checks if not ok]
 
 
 def _validate_task(recipe: Recipe) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +23,15 @@ from adaptkit.codecs import Codec
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import read_json
 from adaptkit.generalist import GENERALIST_CONFIG_FILE, Generalist
-from adaptkit.recipe import Recipe, TrainSection
+from adaptkit.recipe import (
+    InferenceSection,
+    Recipe,
+    RecipeError,
+    TrainSection,
+    build_section,
+    inference_problems,
+    recorded_recipe,
+)
 
 ADAPTER_META_FILE = "adaptkit.json"
 
@@ -132,6 +141,22 @@ class AdapterMeta:
             objectives = typing.get_args(typing.get_type_hints(TrainSection)["objective"])
             if data.get("objective") not in objectives:
                 problems.append(f"objective {data.get('objective')!r} is not one of {', '.join(objectives)}")
+        if not problems:  # what loading, eval and predict read inside the values: checked here, keys named
+            problems += [message for ok, message in (
+                (re.fullmatch(r"[0-9a-f]{16}", data["base_fingerprint"]) is not None,
+                 f"base_fingerprint must be 16 hex digits, got {data['base_fingerprint']!r}"),
+                (isinstance(data["base"].get("generalist"), str) and bool(data["base"].get("generalist")),
+                 f"base.generalist must name the base, got {data['base'].get('generalist')!r}"),
+                (all(isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+                     for ids in data.get("samples", {}).values()),
+                 f"samples must map splits to lists of pair ids, got {data.get('samples')!r}"),
+            ) if not ok]
+        if not problems:  # the recorded settings as a recipe's are checked: what eval and predict will use
+            try:
+                problems += inference_problems(build_section(InferenceSection, data["inference"], "inference"))
+                recorded_recipe(data["recipe"])
+            except RecipeError as error:
+                problems.append(str(error))
         if problems:
             raise FileError(path, "not a valid adapter record: " + "; ".join(problems),
                             "the adapter folder is damaged: copy it again or retrain")

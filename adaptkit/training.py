@@ -37,12 +37,12 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from torch.utils.data import DataLoader
 
 from adaptkit import bases
-from adaptkit.adapters import AdapterMeta, add_lora, count_parameters, save_adapter
+from adaptkit.adapters import AdapterMeta, add_lora, count_parameters, resolve_targets, save_adapter
 from adaptkit.codecs import Codec
 from adaptkit.data import Sample, Splits, hflip_sample
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import load_torch, writable_folder
-from adaptkit.generalist import MAX_POINTS, Generalist
+from adaptkit.generalist import MAX_POINTS, CheckpointError, Generalist
 from adaptkit.images import resize, to_model_batch
 from adaptkit.memory import BaseShapes, estimate_memory, generalist_shapes, held_modules, peak_rss_bytes
 from adaptkit.metrics import HIGHER_IS_BETTER, build_codec_metrics, default_metric_names
@@ -561,7 +561,7 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
     train_samples, val_samples = checked.samples["train"], checked.samples["val"]
     for warning in checked.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    writable_folder(out)
+    writable_folder(out, create=False)  # created once nothing can be refused any more: a refusal leaves nothing
     L.seed_everything(recipe.train.seed, verbose=False)
     # 2. the generalist; under bf16-mixed its frozen weights are bf16 too (LoRA weights stay fp32), which is
     #    what lets SD3-medium train in 24 GB
@@ -569,6 +569,7 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
     precision = _precision(train_cfg.precision, train_cfg.accelerator)
     if generalist is None:
         generalist = load_base(recipe)
+    resolve_targets(generalist.denoiser, recipe.adapter.targets)  # layer names this base lacks: before any write
     # 3. prompts and latents, once; then the text encoders go
     generalist.prompts.encode([recipe.task.prompt, ""])
     shapes = generalist_shapes(generalist, recipe.adapter.targets)  # with the text encoders: the loading peak
@@ -608,6 +609,7 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
         default_root_dir=out)
     train_loader = DataLoader(range(train_cfg.steps * train_cfg.grad_accum), batch_size=1)  # batches: see training_step
     val_loader = DataLoader(range(len(val_set)), batch_size=recipe.inference.batch_size)
+    writable_folder(out)
     (out / "recipe.yaml").write_text(recipe.to_yaml())
     log = out / "logs" / "metrics.csv"
     earlier_log = [row for row in _read_log(log) if int(row["step"]) < resume_step] if resume else []
@@ -646,7 +648,10 @@ def load_base(recipe: Recipe) -> Generalist:
     train_cfg = recipe.train
     dtype = torch.bfloat16 if _precision(train_cfg.precision, train_cfg.accelerator) == "bf16-mixed" else torch.float32
     device = "cuda" if _uses_gpu(train_cfg.accelerator) else "cpu"
-    return bases.load_base(recipe.base, device=device, dtype=dtype)
+    try:
+        return bases.load_base(recipe.base, device=device, dtype=dtype)
+    except CheckpointError as error:  # say which recipe key named it
+        raise CheckpointError(f"{recipe.source}: base.generalist {recipe.base.generalist!r}: {error}") from None
 
 
 def _check_resume(recipe: Recipe, out: Path, resume: bool, last_checkpoint: Path) -> int:

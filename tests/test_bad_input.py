@@ -8,6 +8,7 @@ Almost every case stops before any model loads; the few that need one use the ti
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -354,6 +355,25 @@ def test_every_offending_file_is_listed_in_one_pass(capsys, tmp_path):
     assert "1.png" in err and "5.png" in err
 
 
+@pytest.mark.parametrize("command", ["check", "train"])
+def test_point_prompts_off_the_image_or_too_many_are_refused_naming_every_file(capsys, tmp_path, command):
+    data = write_folder(tmp_path / "data")
+    (data / "prompts").mkdir()
+    prompts = {"0": [[1000, 1000]], "3": [[1, 1]] * 50, "5": [[2, 3], [SIZE, 0]], "6": [[float("nan"), 1]],
+               "7": [[SIZE - 1, SIZE - 1], [0, 0]]}  # 7 is legal: the last pixel and the first
+    for stem, points in prompts.items():
+        (data / "prompts" / f"{stem}.json").write_text(json.dumps({"points": points}))
+    recipe = write_recipe(tmp_path / "r.yaml", data)
+    extra = ["--out", tmp_path / "run"] if command == "train" else []
+    err = refused(capsys, command, recipe, "data.train_shots=6", "data.val_shots=2", *extra,
+                  message="4 of 8 chosen pairs cannot be used")
+    assert "0.json: point(s) (1000, 1000) lie outside the 16 x 16 image" in err
+    assert "3.json: 50 point prompts, but at most 5 per image" in err
+    assert "5.json: point(s) (16, 0) lie outside" in err and "6.json: point(s) (nan, 1)" in err
+    assert "7.json" not in err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(("target", "note"), [
     (lambda m: _palette(m, [255, 255, 255, 0, 0, 0]), "read by the colours it shows"),  # index 0 shown white
     (lambda m: _rgba(m, colour_varies=False), "read from the alpha channel"),
@@ -445,6 +465,56 @@ def test_damaged_adapter_folders_are_refused_and_never_sent_to_the_hub(capsys, t
     refused(capsys, command, *argv, message=message)
 
 
+def _record(adapter: Path, change) -> Path:
+    _edit_json(adapter / "adaptkit.json", change)
+    return adapter
+
+
+@pytest.mark.parametrize(("key", "value"), [("steps", 0), ("steps", -2), ("ensemble", 0), ("ensemble", -1),
+                                            ("batch_size", 0), ("guidance", -1.0), ("seed", -5)])
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_recorded_inference_settings_out_of_range_are_refused_at_load(capsys, tmp_path, adapter, photo, key, value,
+                                                                      command):
+    _record(adapter, lambda d: d["inference"].update({key: value}))
+    argv = [adapter, photo, "--out", tmp_path / "p"] if command == "predict" else [adapter, "--split", "val"]
+    err = refused(capsys, command, *argv, message=f"inference.{key} must be")
+    assert f"{adapter / 'adaptkit.json'}: not a valid adapter record" in err
+    assert not (tmp_path / "p").exists() and not (adapter.parent / "eval-val").exists()
+
+
+def test_an_adapter_for_another_base_names_the_adapter_the_base_and_the_first_key(capsys, tmp_path, adapter, photo):
+    from safetensors.torch import load_file, save_file
+
+    from adaptkit.files import sha256
+
+    weights = adapter / "adapter_model.safetensors"
+    wider = {name: torch.zeros(t.shape[0], 2 * t.shape[1]) if ".lora_A." in name else torch.zeros(2 * t.shape[0],
+                                                                                                    t.shape[1])
+             for name, t in load_file(weights).items()}  # the shapes of a base twice as wide
+    save_file(wider, weights)
+    _record(adapter, lambda d: d.update(weights_sha256=sha256(weights)))  # an intact file, just not for this base
+    first = sorted(wider)[0]
+    err = refused(capsys, "predict", adapter, photo, "--out", tmp_path / "p",
+                  message=f"{adapter} does not fit base 'tiny': its weight {first} has shape "
+                          f"{tuple(wider[first].shape)}")
+    assert "load it onto the base it was trained on" in err and not (tmp_path / "p").exists()
+
+
+def test_an_adapter_recording_samples_its_data_lacks_names_them(capsys, adapter):
+    _record(adapter, lambda d: d["samples"]["val"].extend(["banana", "gone"]))
+    refused(capsys, "eval", adapter, "--split", "val", message="2 pair id(s) asked for are not in")
+    err = refused(capsys, "eval", adapter, "--split", "val", message="banana, gone")
+    assert not (adapter.parent / "eval-val").exists(), err
+
+
+def test_an_adapter_recording_a_metric_its_codec_lacks_lists_the_known_ones(capsys, adapter):
+    _record(adapter, lambda d: d["recipe"]["eval"].update(metrics=["dice", "banana"]))
+    err = refused(capsys, "eval", adapter, "--split", "val",
+                  message=f"{adapter / 'adaptkit.json'}: recipe.eval.metrics: unknown metric 'banana'")
+    assert "valid: dice, iou, precision, recall, boundary_f" in err
+    assert not (adapter.parent / "eval-val").exists()
+
+
 # ------------------------------------------------------------------------------------------ predict and eval inputs
 def test_predict_skips_a_fifo_without_opening_it(capsys, tmp_path, photo):
     fifo = tmp_path / "x.png"
@@ -529,6 +599,100 @@ def test_bad_eval_requests_are_refused(capsys, tmp_path, good_data, argv, messag
     refused(capsys, *argv, message=message)
 
 
+# ------------------------------------------------------------------------------------------ bases and plugins
+@pytest.fixture
+def pickled_base(tmp_path, tiny) -> Path:
+    """A generalist folder whose transformer weights are a pickled diffusion_pytorch_model.bin (tensors only)."""
+    from safetensors.torch import load_file
+
+    folder = tiny.save_pretrained(tmp_path / "gen")
+    safe = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(safe), folder / "transformer" / "diffusion_pytorch_model.bin")
+    safe.unlink()
+    return folder
+
+
+def test_a_generalist_with_pickled_weights_is_refused_with_how_to_convert(capsys, tmp_path, pickled_base):
+    pickle = pickled_base / "transformer" / "diffusion_pytorch_model.bin"
+    err = refused(capsys, "info", pickled_base, message=f"{pickle}: the transformer weights are a pickle")
+    assert "never loads pickled weights" in err and "from safetensors.torch import save_file" in err
+    recipe = write_recipe(tmp_path / "r.yaml", base={"generalist": str(pickled_base)})
+    refused(capsys, "train", recipe, "--out", tmp_path / "run", message=f"{pickle}: the transformer weights")
+    assert not (tmp_path / "run").exists()
+    command = err.split('python -c "')[1].rsplit('"', 1)[0]  # the conversion it suggests works as written
+    exec(command, {})  # the test runs the one line it tells users to run
+    code, out, err = run(capsys, "info", pickled_base)
+    assert code == 0 and "transformer" in out, err
+
+
+GENERALIST_DAMAGE = {  # found by tests/test_fuzz_input.py: each once ended in a crash report
+    "config-key-missing": ("point_encoder/config.json", lambda d: d.pop("num_frequencies"),
+                           "point_encoder: the point_encoder cannot be built from config.json"),
+    "huge-size": ("transformer/config.json", lambda d: d.update(num_layers=10**12),
+                  "config.json: num_layers 1000000000000 is beyond any model's size"),
+    "dynamic-shift": ("scheduler/scheduler_config.json", lambda d: d.update(use_dynamic_shifting=True),
+                      "scheduler_config.json: this schedule cannot sample"),
+    "nan-shift": ("scheduler/scheduler_config.json", lambda d: d.update(shift=math.nan),
+                  "scheduler_config.json: this schedule cannot sample"),
+    "no-timesteps": ("scheduler/scheduler_config.json", lambda d: d.update(num_train_timesteps=0),
+                     "scheduler: the scheduler cannot be built from scheduler_config.json"),
+    "config-extra-key": ("generalist.json", lambda d: d.update(colour=1), "generalist.json: not a valid generalist "
+                                                                          "config: unknown key 'colour'"),
+    "config-resolution": ("generalist.json", lambda d: d.update(resolution=30), "resolution must be a multiple of 16"),
+    "config-prompts": ("generalist.json", lambda d: d.update(task_prompts={"depth": 5}), "task_prompts must map"),
+}
+
+
+@pytest.mark.parametrize("damage", list(GENERALIST_DAMAGE))
+def test_a_damaged_generalist_folder_is_refused_naming_the_file(capsys, tmp_path, tiny, damage):
+    name, change, message = GENERALIST_DAMAGE[damage]
+    folder = tiny.save_pretrained(tmp_path / "gen")
+    _edit_json(folder / name, change)
+    refused(capsys, "info", folder, message=message)
+    recipe = write_recipe(tmp_path / "r.yaml", base={"generalist": str(folder)})
+    err = refused(capsys, "train", recipe, "--out", tmp_path / "run", message=message)
+    assert f"{recipe}: base.generalist '{folder}'" in err and not (tmp_path / "run").exists()
+
+
+def test_a_base_that_is_nowhere_names_the_recipe_key(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = write_recipe(tmp_path / "r.yaml", base={"generalist": str(tmp_path / "nowhere")})
+    refused(capsys, "train", recipe, "--out", tmp_path / "run",
+            message=f"{recipe}: base.generalist '{tmp_path / 'nowhere'}': '{tmp_path / 'nowhere'}' is neither a local "
+                    "folder nor a Hub repo")
+    assert not (tmp_path / "run").exists()
+
+
+PLUGIN = """
+from adaptkit.codecs import BinaryMaskCodec
+
+
+class Exploding(BinaryMaskCodec):
+    name = "exploding"
+
+    def __init__(self):
+        raise RuntimeError("no licence file")
+"""
+
+
+@pytest.mark.parametrize(("source", "codec", "message"), [
+    (PLUGIN, "{module}:Exploding", "codec plugin '{module}:Exploding' raised RuntimeError while it was built: "
+                                   "no licence file"),
+    ("import json\n1 / 0\n", "{module}:Codec", "codec plugin '{module}:Codec': importing '{module}' raised "
+                                                "ZeroDivisionError: division by zero"),
+])
+@pytest.mark.parametrize("command", ["check", "train"])
+def test_a_codec_plugin_that_raises_is_named_with_its_error(capsys, tmp_path, monkeypatch, source, codec, message,
+                                                            command):
+    module = f"plugin_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = write_recipe(tmp_path / "r.yaml", task={"codec": codec.format(module=module)})
+    extra = ["--out", tmp_path / "run"] if command == "train" else []
+    refused(capsys, command, recipe, *extra, message=message.format(module=module))
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------------------ pretrain settings
 NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(),
                                    reason="runs where CUDA is absent (as in CI): there `--device cuda` must be refused")
@@ -549,12 +713,46 @@ NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(),
     (["families.scenes=-1"], "families.scenes must be a positive weight"),
     (["spec.patchsize=1"], "did you mean 'spec.patch_size'"),
     (["precision=fp8"], "precision 'fp8': expected one of fp32, bf16"),
+    (["spec.layers=abc"], "spec.layers must be a positive integer, got 'abc'"),
+    (["spec.vae_channels=[16, -2]"], "spec.vae_channels must be a list of positive integers"),
+    (["steps=0"], "steps must be an integer >= 1, got 0"),
+    (["lr=-1"], "lr must be a finite number >= 0, got -1.0"),
+    (["objective=banana"], "objective 'banana': expected one of"),
     (["init=default", "spec.layers=2"], "init 'default': spec.layers is 2 here but 4 in"),
     (["init=./no-such-generalist"], "init './no-such-generalist': './no-such-generalist' is neither a local folder"),
 ])
 def test_bad_pretraining_settings_are_refused(capsys, tmp_path, argv, message):
     refused(capsys, "pretrain", "--out", tmp_path / "p", *argv, message=message)
     assert not (tmp_path / "p" / "default").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [  # found by tests/test_fuzz_input.py: each once a crash report
+    (lambda d: d.update(config="banana"), "expected a JSON object with a 'config' object"),
+    (lambda d: d["config"]["spec"].update(layers="abc"), "config: spec.layers must be a positive integer, got 'abc'"),
+    (lambda d: d["config"].update(steps=-1), "config: steps must be an integer >= 1, got -1"),
+    (lambda d: d.update(zero_shot={"depth/absrel": "low"}), "zero_shot must map score names to numbers"),
+])
+def test_continuing_from_a_damaged_pretraining_report_is_refused_naming_it(capsys, tmp_path, change, message):
+    from adaptkit.bases import DEFAULT_GENERALIST_DIR
+
+    start = tmp_path / "start"
+    shutil.copytree(DEFAULT_GENERALIST_DIR, start)
+    _edit_json(start / "pretraining.json", change)
+    err = refused(capsys, "pretrain", "--out", tmp_path / "p", "--stages", "generalist", f"init={start}",
+                  message=f"{start / 'pretraining.json'} is not a valid pretraining report")
+    assert message in err and not (tmp_path / "p").exists()
+
+
+@pytest.mark.slow
+def test_pretraining_a_finished_run_again_trains_nothing_and_says_so(capsys, tmp_path):
+    out = tmp_path / "p"
+    argv = ["pretrain", "--out", out, "--stages", "generalist", "init=default", "steps=1", "scenes=2", "val_scenes=1",
+            "batch=2", "warmup=0"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    refused(capsys, *argv, message=f"--out {out}: this run is finished (generalist at step 1); nothing to train")
+    assert before == {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
 
 
 @pytest.mark.parametrize(("device", "message"), [

@@ -345,6 +345,9 @@ def _codec_class(name_or_path: str) -> type[Codec]:
             found: Any = importlib.import_module(module_name)
         except ImportError as exc:
             raise CodecError(f"cannot import codec module {module_name!r} ({exc})") from exc
+        except Exception as exc:  # the plugin's own code failed as it ran: its error, not adaptkit's
+            raise CodecError(f"codec plugin {name_or_path!r}: importing {module_name!r} raised "
+                             f"{type(exc).__name__}: {exc}; fix the plugin") from exc
         for part in attr.split("."):
             found = getattr(found, part, None)
         if not (isinstance(found, type) and issubclass(found, Codec)):
@@ -379,6 +382,11 @@ def build_codec(name_or_path: str, args: dict[str, Any] | None = None) -> Codec:
         raise
     except (TypeError, ValueError) as exc:
         raise CodecError(f"{label} codec: bad arguments {args}: {exc}") from exc
+    except Exception as exc:
+        if ":" not in name_or_path:
+            raise  # a built-in codec that fails to build is adaptkit's bug
+        raise CodecError(f"codec plugin {name_or_path!r} raised {type(exc).__name__} while it was built: {exc}; "
+                         "fix the plugin") from exc
 
 
 def list_codecs() -> list[tuple[str, str]]:
