@@ -29,6 +29,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 import warnings
@@ -47,7 +48,7 @@ from tqdm.auto import tqdm
 
 from adaptkit.adapters import AdaptedModel, AdapterError, combine_ensemble
 from adaptkit.bases import load_generalist
-from adaptkit.codecs import CodecError, build_codec
+from adaptkit.codecs import CodecError, TargetNote, build_codec
 from adaptkit.data import DataError, DataSource, Sample, _open_dataset
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import read_json, writable_folder, write_atomic
@@ -303,10 +304,12 @@ class _ReadSample:
         self.source, self.ids = source, list(ids)
 
     def __call__(self, index: int) -> Decoded:
-        try:
-            sample = self.source.load(self.ids[index]) if hasattr(self.source, "load") else self.source[index]
-        except (DataError, CodecError, FileError) as error:
-            return Decoded(index, None, problem=str(error))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TargetNote)  # how targets are read is said once, by _check_set
+            try:
+                sample = self.source.load(self.ids[index]) if hasattr(self.source, "load") else self.source[index]
+            except (DataError, CodecError, FileError) as error:
+                return Decoded(index, None, problem=str(error))
         return Decoded(index, sample.image, sample.target, sample.points)
 
 
@@ -763,18 +766,26 @@ class _MetricWriter(_Writer):
         self.scored = sorted(index for _, _, scored in gathered for index in scored)
 
 
-def _check_set(source: DataSource | Sequence[Sample], ids: list[str]) -> None:
+def _check_set(source: DataSource, ids: list[str]) -> None:
     """The codec's whole-set check (every mask empty, depth that looks like masks) on the first pairs that
     load: a wrong codec is refused before the run rather than scored for hours."""
-    read, targets = _ReadSample(source, ids), []
-    for index in range(len(ids)):
-        decoded = read(index)
-        if decoded.image is not None:
-            targets.append(decoded.target)
+    targets: list[Any] = []
+    notes: dict[str, list[str]] = {}
+    for id in ids:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TargetNote)
+            try:
+                targets.append(source.load(id).target)
+            except (DataError, CodecError, FileError):
+                continue  # the run skips and lists it
+        for warning in caught:
+            if issubclass(warning.category, TargetNote):
+                notes.setdefault(str(warning.message), []).append(id)
         if len(targets) == SET_CHECK_PAIRS:
             break
-    codec = source.codec if hasattr(source, "codec") else None
-    whole = codec.check_set(targets) if codec is not None else None
+    for note, noted in notes.items():  # how ambiguous-looking targets are read, said once
+        print(f"note: {note} (pairs {', '.join(noted)} of the first {len(targets)})", file=sys.stderr)
+    whole = source.codec.check_set(targets)
     if whole:
         where = getattr(source, "root", None) or getattr(source, "path", None) or "the data"
         raise DataError(f"{where}: {whole} (checked on its first {len(targets)} pairs)")
