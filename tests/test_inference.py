@@ -270,3 +270,38 @@ def test_a_failing_rank_ends_every_rank_with_one_line(tmp_path):
     errors = [line for line in made.stderr.splitlines() if line.startswith("error:")]
     assert errors and all("cannot write into" in line and "rank" in line for line in errors), made.stderr[-3000:]
     assert "Traceback" not in made.stderr and time.time() - started < 300
+
+
+def test_several_models_share_one_pass_and_write_what_each_alone_writes(tmp_path, tiny):
+    from adaptkit.inference import predict_files
+
+    for index in range(3):
+        _image(tmp_path / "in" / f"{index}.png", index)
+    models = [builtin_task(tiny, "segmentation"), builtin_task(tiny, "depth")]
+    reports = predict_files(models, [str(tmp_path / "in")], [tmp_path / "seg", tmp_path / "depth"], progress=False,
+                            steps=2, batch_size=2)
+    assert [sorted(r.written) for r in reports] == [["0", "1", "2"]] * 2
+    for model, name in zip(models, ("seg", "depth"), strict=True):
+        alone = predict_files(model, [str(tmp_path / "in")], tmp_path / f"{name}-alone", progress=False, steps=2,
+                              batch_size=2)
+        assert sorted(alone.written) == ["0", "1", "2"]
+        assert _files(tmp_path / f"{name}-alone") == _files(tmp_path / name)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--devices", "banana"], "--devices 'banana'"),
+    (["--strategy", "ddp_banana"], "--strategy 'ddp_banana'"),
+    (["--accelerator", "tpu"], "--accelerator 'tpu'"),
+    (["--num-nodes", "0"], "--num-nodes 0"),
+    (["--workers", "-1"], "--workers -1"),
+    (["--batch-size", "0"], "batch size"),
+])
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_placement_options_are_checked_like_trains_recipe_keys(tmp_path, capsys, options, message, command):
+    _image(tmp_path / "in" / "0.png", 0)
+    if command == "predict":
+        argv = ["predict", "segmentation", "--base", "tiny", tmp_path / "in", "--out", tmp_path / "o"]
+    else:
+        argv = ["eval", "--task", "segmentation", "--base", "tiny", "--data", _labelled(tmp_path / "data", 2)]
+    code, _, err = _cli(capsys, *argv, *options)
+    assert code == 2 and message in err and "Traceback" not in err, err
