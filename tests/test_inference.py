@@ -137,7 +137,10 @@ def test_a_rerun_skips_complete_outputs_says_so_and_overwrite_redoes_all(tmp_pat
     assert code == 2 and "other settings (seed differ)" in err and "--overwrite" in err
 
 
-def test_an_output_folder_that_fills_up_ends_in_one_line_and_a_rerun_finishes_the_job(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "No space left on device"),
+                                              (errno.EROFS, "Read-only file system")])
+def test_an_output_folder_that_fills_up_or_turns_read_only_ends_in_one_line_and_a_rerun_finishes_the_job(
+        tmp_path, capsys, monkeypatch, code, reason):
     import adaptkit.inference as inference
 
     for index in range(6):
@@ -149,18 +152,18 @@ def test_an_output_folder_that_fills_up_ends_in_one_line_and_a_rerun_finishes_th
         if str(target).endswith(".png") and PROGRESS_FOLDER not in str(target):
             calls["n"] += 1
             if calls["n"] > 3:
-                raise OSError(errno.ENOSPC, "No space left on device")
+                raise OSError(code, reason)
         return real_replace(source, target)
 
     monkeypatch.setattr(inference.os, "replace", filling)
-    code, _, err = _cli(capsys, "predict", *TINY, tmp_path / "in", "--out", tmp_path / "o")
+    status, _, err = _cli(capsys, "predict", *TINY, tmp_path / "in", "--out", tmp_path / "o")
     lines = [line for line in err.splitlines() if line.startswith("error")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert "No space left on device" in lines[0] and "wrote 3 prediction(s)" in lines[0] and "rerun" in lines[0]
+    assert status == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert reason in lines[0] and "wrote 3 prediction(s)" in lines[0] and "rerun" in lines[0]
     monkeypatch.setattr(inference.os, "replace", real_replace)
-    code, out, _ = _cli(capsys, "predict", *TINY, tmp_path / "in", "--out", tmp_path / "o")
+    status, out, _ = _cli(capsys, "predict", *TINY, tmp_path / "in", "--out", tmp_path / "o")
     # 0-2 were written; 2's batch (2, 3) is predicted again whole, so its bytes are those of the whole run
-    assert code == 0 and "2 already complete" in out and "4 prediction(s) written" in out
+    assert status == 0 and "2 already complete" in out and "4 prediction(s) written" in out
     assert _files(tmp_path / "o") == _files(tmp_path / "whole")
 
 
