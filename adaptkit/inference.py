@@ -215,7 +215,7 @@ def list_inputs(inputs: Sequence[str], recursive: bool = False, split: str = "tr
         else:
             files, base = [path], path.parent
         found.extend((file, base) for file in files)
-    bases = [os.path.abspath(base) for entry in found if isinstance(entry, tuple) for base in entry[1:]]
+    bases = [os.path.abspath(entry[1]) for entry in found if isinstance(entry, tuple)]
     root = os.path.commonpath(bases) if bases else ""
     items = []
     for entry in found:
@@ -361,7 +361,7 @@ class _PredictModule(L.LightningModule):
         self.pending = self.trainer.strategy.broadcast(self.pending, src=0)
         mine = shard(self.pending, self.global_rank, self.trainer.world_size)
         return DataLoader(_Batches(self.read, self.batches, mine), batch_size=None, collate_fn=_as_is,
-                          num_workers=self.workers, persistent_workers=False)
+                          num_workers=self.workers)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # numpy pixels; the generalist moves its own tensors
@@ -384,7 +384,8 @@ class _PredictModule(L.LightningModule):
 class _Writer(BasePredictionWriter):
     """Consumes each batch on its rank, then meets the other ranks (one small message each: images done and
     failure, if any), so rank 0's bar counts the whole run and a failure anywhere stops every rank at the
-    same batch with the same line. Subclasses say what consuming is (`consume`) and what ends a run."""
+    same batch with the same line. Subclasses say what consuming a batch is (`consume`) and what ends a run
+    (`on_predict_end`)."""
 
     def __init__(self, total: int, progress: bool, description: str) -> None:
         super().__init__(write_interval="batch")
@@ -434,7 +435,7 @@ class _Writer(BasePredictionWriter):
                     for rank, (_, text) in enumerate(reports) if text]
         if failures:
             self.close_bar()
-            raise PredictionError(self.failed("; ".join(failures)))
+            raise PredictionError(f"the run stopped: {'; '.join(failures)}")
 
     def close_bar(self) -> None:
         if self.bar is not None:
@@ -444,16 +445,12 @@ class _Writer(BasePredictionWriter):
     def consume(self, prediction: _Predicted) -> None:
         raise NotImplementedError
 
-    def failed(self, failures: str) -> str:
-        """The one line a run that stopped ends with."""
-        return f"the run stopped: {failures}"
-
 
 def _run(module: _PredictModule, writer: _Writer, where: Placement) -> None:
     """`Trainer.predict` of `module` with `writer` on `where`."""
     trainer = L.Trainer(**where.trainer_args(), logger=False, callbacks=[writer], enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
-                        inference_mode=True, barebones=False)
+                        inference_mode=True)
     with _quiet_lightning(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*infer the batch indices")  # the batches carry their indices
         try:
@@ -629,19 +626,25 @@ class _FileWriter(_Writer):
         if self.rank == 0:
             self.merge()
 
+    def unreadable(self) -> dict[str, str]:
+        """Every input left out as unreadable, in input order, with the reason: found so by this run, or by an
+        earlier one and not tried again (it still was, see `_pending`)."""
+        items = self.listing.items
+        now = {items[index].source: reason for index, reason in self.skipped.items()}
+        earlier = {source: reason for job in self.jobs for source, reason in job.unreadable.items()}
+        made = {items[index].name for job in self.jobs for index in job.written} | {
+            name for job in self.jobs for name in job.earlier}
+        return {item.source: now.get(item.source) or earlier[item.source] for item in items
+                if item.source in now or (item.source in earlier and item.name not in made)}
+
     def merge(self) -> None:
         """predictions.json of every folder, in input order (whatever rank made what), then no journals."""
-        items = self.listing.items
-        skipped = {items[i].source: reason for i, reason in sorted(self.skipped.items())}
+        items, skipped = self.listing.items, self.unreadable()
         for job in self.jobs:
             names = {items[index].name: files for index, files in job.written.items()}
             written = {item.name: names.get(item.name) or job.earlier[item.name] for item in items
                        if item.name in names or item.name in job.earlier}
-            still = {item.source: job.unreadable[item.source] for item in items
-                     if item.source in job.unreadable and item.name not in written and item.source not in skipped}
-            bad = {**still, **skipped}
-            record = {"settings": job.settings, "written": written,
-                      "skipped": {item.source: bad[item.source] for item in items if item.source in bad}}
+            record = {"settings": job.settings, "written": written, "skipped": skipped}
             write_atomic(job.out / "predictions.json", json.dumps(record, indent=2) + "\n")
             shutil.rmtree(job.scratch, ignore_errors=True)
 
@@ -689,19 +692,15 @@ def predict_files(model: AdaptedModel | Sequence[AdaptedModel], inputs: Sequence
     writer = _FileWriter(jobs, listing, sum(len(batches[number]) for number in pending), progress)
     if pending:
         _run(_PredictModule(models, sampling, _ReadImage(listing), batches, pending, workers), writer,
-                       where or Placement(devices=1))
+             where or Placement(devices=1))
     else:  # nothing left to predict (a finished run, or one killed before its record): the record still
         writer.merge()
-    skipped = {**listing.empty, **{listing.items[i].source: reason for i, reason in sorted(writer.skipped.items())}}
+    skipped = {**listing.empty, **writer.unreadable()}
     reports = []
     for job in jobs:
         written = {listing.items[i].name: [job.out / f for f in files] for i, files in sorted(job.written.items())}
         already = sum(1 for i, item in enumerate(listing.items) if item.name in job.earlier and i not in job.written)
-        still = {item.source: job.unreadable[item.source] for i, item in enumerate(listing.items)
-                 if item.source in job.unreadable and item.name not in job.earlier and i not in job.written
-                 and item.source not in skipped}
-        reports.append(PredictReport(written, {**skipped, **still}, already, writer.seconds, writer.world,
-                                     writer.rank == 0))
+        reports.append(PredictReport(written, skipped, already, writer.seconds, writer.world, writer.rank == 0))
     return reports[0] if isinstance(model, AdaptedModel) else reports
 
 

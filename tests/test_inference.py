@@ -308,3 +308,21 @@ def test_placement_options_are_checked_like_trains_recipe_keys(tmp_path, capsys,
         argv = ["eval", "--task", "segmentation", "--base", "tiny", "--data", _labelled(tmp_path / "data", 2)]
     code, _, err = _cli(capsys, *argv, *options)
     assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_an_unreadable_input_stays_listed_on_a_rerun_and_is_predicted_once_fixed(tmp_path, capsys):
+    for index in range(4):
+        _image(tmp_path / "in" / f"{index}.png", index)
+    broken = tmp_path / "in" / "1.png"
+    broken.write_bytes(b"broken")
+    argv = ["predict", *TINY, tmp_path / "in", "--out", tmp_path / "o"]
+    assert _cli(capsys, *argv)[0] == 0
+    code, out, err = _cli(capsys, *argv)  # nothing to do: the broken input is still broken, and still said so
+    assert code == 0 and "0 prediction(s) written" in out and "1 input(s) unreadable" in out
+    assert f"skipped {broken}" in err
+    assert list(json.loads((tmp_path / "o" / "predictions.json").read_text())["skipped"]) == [str(broken)]
+    _image(broken, 1)
+    code, out, _ = _cli(capsys, *argv)  # fixed: predicted now (with its batch, 0 and 1)
+    assert code == 0 and "2 prediction(s) written" in out and "0 input(s) unreadable" in out
+    record = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    assert list(record["written"]) == ["0", "1", "2", "3"] and record["skipped"] == {}
