@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import shutil
 import sys
@@ -448,15 +449,19 @@ class _Writer(BasePredictionWriter):
 
 def _run(module: _PredictModule, writer: _Writer, where: Placement) -> None:
     """`Trainer.predict` of `module` with `writer` on `where`."""
-    trainer = L.Trainer(**where.trainer_args(), logger=False, callbacks=[writer], enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
-                        inference_mode=True)
-    with _quiet_lightning(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*infer the batch indices")  # the batches carry their indices
-        try:
+    chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ...", tips
+    level = chatter.level
+    chatter.setLevel(max(level, logging.WARNING))
+    try:
+        trainer = L.Trainer(**where.trainer_args(), logger=False, callbacks=[writer], enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
+                            inference_mode=True)
+        with _quiet_lightning(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*infer the batch indices")  # batches carry their indices
             trainer.predict(module, return_predictions=False)
-        finally:
-            writer.close_bar()
+    finally:
+        writer.close_bar()
+        chatter.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------- predict
