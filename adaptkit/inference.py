@@ -507,7 +507,8 @@ def _record_settings(model: AdaptedModel, chosen: dict[str, Any], raw: bool) -> 
     """What makes two runs' outputs the same: the adapter, its base, how it was sampled and what was written."""
     meta = model.meta
     return {"adapter": meta.name if meta else None, "adapter_sha256": meta.weights_sha256 if meta else None,
-            "prompt": model.prompt, "base_fingerprint": model.generalist.fingerprint(),
+            "prompt": model.prompt,  # an adapter's recorded base: the live one also carries the other adapters
+            "base_fingerprint": meta.base_fingerprint if meta else model.generalist.fingerprint(),
             **{key: chosen[key] for key in ("steps", "guidance", "ensemble", "seed", "batch_size")}, "raw": raw}
 
 
