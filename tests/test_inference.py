@@ -109,6 +109,11 @@ def test_a_dataset_saved_to_disk_predicts_like_the_same_images_as_files(tmp_path
     assert code == 0, err
     made = _files(tmp_path / "from-dataset")
     assert sorted(made) == ["predictions.json", "test/0.png", "test/1.png", "test/2.png"]
+    code, _, err = _cli(capsys, "predict", *TINY, f"hf:{tmp_path / 'ds'}", "--split", "test", "--image-column",
+                        "picture", "--out", tmp_path / "from-hf")  # hf:NAME as datasets resolves it (here offline)
+    assert code == 0, err
+    assert _files(tmp_path / "from-hf").keys() == made.keys()
+    assert all(_files(tmp_path / "from-hf")[f"test/{i}.png"] == made[f"test/{i}.png"] for i in range(3))
     files = _files(tmp_path / "from-files")
     for index in range(3):  # row i is image i: the same pixels, seed and batch, so the same bytes
         assert made[f"test/{index}.png"] == files[f"{index}.png"]
