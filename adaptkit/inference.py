@@ -395,12 +395,14 @@ class _Writer(BasePredictionWriter):
         self.bar: tqdm | None = None
         self.rank, self.world = 0, 1
         self.started = self.seconds = 0.0
+        self.pids: list[int] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.rank, self.world = trainer.global_rank, trainer.world_size
         self.started = time.perf_counter()  # every rank is up and loaded: what follows is prediction alone
         if self.world > 1:  # a CPU group for these small exchanges, whatever backend the model uses (nccl)
             self.group = torch.distributed.new_group(backend="gloo")
+        self.pids = self.exchange(os.getpid())
         if self.rank == 0:
             self.bar = tqdm(total=self.total, desc=self.description, unit="img", disable=not self.progress,
                             dynamic_ncols=True, smoothing=0.1)
@@ -436,6 +438,8 @@ class _Writer(BasePredictionWriter):
                     for rank, (_, text) in enumerate(reports) if text]
         if failures:
             self.close_bar()
+            if self.rank and os.getppid() == self.pids[0]:
+                _outlive(self.pids[0])
             raise PredictionError(f"the run stopped: {'; '.join(failures)}")
 
     def close_bar(self) -> None:
@@ -445,6 +449,15 @@ class _Writer(BasePredictionWriter):
 
     def consume(self, prediction: _Predicted) -> None:
         raise NotImplementedError
+
+
+def _outlive(parent: int, limit_s: float = 10.0) -> None:
+    """Wait (at most `limit_s`) for the process that launched this rank to exit. Lightning's launcher (rank 0,
+    the parent of the ranks it starts) kills every rank when one of its children exits with an error first, so
+    a child rank of a run that stops lets rank 0 print its line and exit before it does."""
+    deadline = time.monotonic() + limit_s
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _run(module: _PredictModule, writer: _Writer, where: Placement) -> None:
@@ -618,9 +631,10 @@ class _FileWriter(_Writer):
 
     def unwritable(self, job: _Job, error: OSError) -> str:
         complete = len(set(job.earlier) | {self.listing.items[i].name for i in job.written})
-        return (f"cannot write into {job.out} ({error.strerror or error}); this process wrote {len(job.written)} "
-                f"prediction(s) there before it, {complete} input(s) are complete in all (recorded in "
-                f"{job.scratch}); free space or fix permissions, then rerun the same command to continue")
+        return (f"cannot write into {job.out} ({error.filename or job.out}: {error.strerror or error}); this process "
+                f"wrote {len(job.written)} prediction(s) there before it, {complete} input(s) are complete in all "
+                f"(recorded in {job.scratch}); make room (free space, fix permissions, move what is in the way), then "
+                "rerun the same command to continue")
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for job in self.jobs:
