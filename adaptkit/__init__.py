@@ -8,7 +8,8 @@ The public API, one name per concept (each module's docstring says why it is sha
 - `load_recipe`, `Recipe`: a task's YAML recipe, validated (`adaptkit.recipe`).
 - `train`: a LoRA adapter from a recipe (`adaptkit.training`).
 - `AdaptedModel`: an adapter folder loaded onto its generalist, to predict (`adaptkit.adapters`).
-- `evaluate`, `predict_files`, `builtin_task`: scoring and writing predictions (`adaptkit.inference`).
+- `evaluate`, `predict_files`, `builtin_task`, `Placement`: scoring and writing predictions, streamed, resumable and
+  on any devices Lightning reaches (`adaptkit.inference`).
 - `build_metrics`: torchmetrics per codec (`adaptkit.metrics`).
 - `estimate_memory`: the memory a run will need, from configs, before anything loads (`adaptkit.memory`).
 - `Sample`: one labelled pair, as every data source returns it (`adaptkit.data`).
@@ -34,8 +35,8 @@ if TYPE_CHECKING:  # exactly the names of `_EXPORTS` (tests/test_api.py checks i
     from adaptkit.errors import AdaptkitError, FileError
     from adaptkit.generalist import CheckpointError, Generalist
     from adaptkit.hub import HubError
-    from adaptkit.inference import builtin_task, evaluate, predict_files
     from adaptkit.memory import estimate_memory
+    from adaptkit.inference import Placement, PredictionError, builtin_task, evaluate, predict_files
     from adaptkit.metrics import build_metrics
     from adaptkit.recipe import Recipe, RecipeError, load_recipe
     from adaptkit.sweep import SweepError
@@ -54,6 +55,8 @@ _EXPORTS = {
     "predict_files": "adaptkit.inference",
     "builtin_task": "adaptkit.inference",
     "estimate_memory": "adaptkit.memory",
+    "Placement": "adaptkit.inference",
+    "PredictionError": "adaptkit.inference",
     "build_metrics": "adaptkit.metrics",
     "Sample": "adaptkit.data",
     "AdaptkitError": "adaptkit.errors",
@@ -80,6 +83,8 @@ __all__ = [
     "FileError",
     "Generalist",
     "HubError",
+    "Placement",
+    "PredictionError",
     "Recipe",
     "RecipeError",
     "Sample",

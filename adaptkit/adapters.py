@@ -260,20 +260,39 @@ class AdaptedModel:
                         ) -> list[list[Prediction]]:
         """Colour-encoded predictions: per image, `ensemble` samples (seeds seed, seed + 1000, ...); `points`
         per image (x, y) point prompts, for a point-prompted task."""
-        settings = self.inference
-        steps = settings["steps"] if steps is None else steps
-        guidance = settings["guidance"] if guidance is None else guidance
-        seed = settings["seed"] if seed is None else seed
-        ensemble = settings["ensemble"] if ensemble is None else ensemble
-        self.check_inference(steps, guidance)
-        deterministic = self.objective == "single_step"
-        members = 1 if deterministic else ensemble
+        chosen = self.sampling(steps=steps, guidance=guidance, seed=seed, ensemble=ensemble)
         with self.active():
-            runs = [self.generalist.predict(images, self.prompt, points, steps=steps, guidance=guidance,
-                                            seed=seed + 1000 * k, batch_size=settings["batch_size"],
-                                            deterministic=deterministic, progress=progress)
-                    for k in range(members)]
+            runs = [self.generalist.predict(images, self.prompt, points, steps=chosen["steps"],
+                                            guidance=chosen["guidance"], seed=chosen["seed"] + 1000 * k,
+                                            batch_size=chosen["batch_size"], deterministic=chosen["deterministic"],
+                                            progress=progress)
+                    for k in range(chosen["members"])]
         return [list(samples) for samples in zip(*runs, strict=True)]
+
+    def sampling(self, **asked: Any) -> dict[str, Any]:
+        """The sampling settings a call uses: those `asked` (steps, guidance, seed, ensemble, batch_size; None
+        keeps the adapter's), checked, plus `deterministic` and `members` (samples drawn per image)."""
+        chosen = {**self.inference, **{k: v for k, v in asked.items() if v is not None}}
+        self.check_inference(chosen["steps"], chosen["guidance"])
+        if chosen["ensemble"] < 1 or chosen["batch_size"] < 1:
+            raise AdapterError(f"ensemble and batch size must be >= 1 (asked for ensemble={chosen['ensemble']}, "
+                               f"batch size={chosen['batch_size']})")
+        chosen["deterministic"] = self.objective == "single_step"
+        chosen["members"] = 1 if chosen["deterministic"] else chosen["ensemble"]
+        return chosen
+
+    def predict_members(self, arrays: Sequence[np.ndarray], indices: Sequence[int],
+                        points: Sequence[Sequence[Sequence[float]] | None], chosen: dict[str, Any],
+                        ) -> list[list[Prediction]]:
+        """One batch of float RGB arrays -> per image, its ensemble members (colour-encoded). Image `indices[i]`
+        of a collection draws member k from seed + 1000 k + indices[i], as `predict_encoded` numbers images, so
+        a prediction depends on its place in the collection, not on which process or batch made it."""
+        with self.active():
+            runs = [self.generalist.predict_batch(arrays, self.prompt, [chosen["seed"] + 1000 * k + i for i in indices],
+                                                  points, chosen["steps"], chosen["guidance"],
+                                                  chosen["deterministic"])
+                    for k in range(chosen["members"])]
+        return [[Prediction(image) for image in members] for members in zip(*runs, strict=True)]
 
     def predict(self, images: ImageLike | Sequence[ImageLike], **kwargs: Any) -> list[Any]:
         """Decoded task outputs (masks, depth maps, instances, ...) at each input's own size."""

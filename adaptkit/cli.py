@@ -105,32 +105,58 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      study_name=args.study, workers=args.workers, worker=args.worker)
 
 
-def _load_model(target: str | None, task: str | None, base: str, class_name: str = "") -> AdaptedModel:
+def _load_model(target: str | None, task: str | None, base: str, class_name: str = "",
+                device: str | None = None) -> AdaptedModel:
     """An adapter folder / Hub id, or a built-in task of `base` (no adapter: the zero-shot baseline)."""
     from adaptkit.adapters import AdaptedModel, AdapterError
     from adaptkit.inference import builtin_task
     from adaptkit.tasks import find_builtin_task
 
     if task or (target and find_builtin_task(target) and not Path(target).exists()):
-        return builtin_task(base, task or target, class_name)
+        return builtin_task(base, task or target, class_name, device=device)
     if not target:
         raise AdapterError("give an adapter folder (or Hub id), or --task TASK for a built-in task")
-    return AdaptedModel.from_pretrained(target)
+    return AdaptedModel.from_pretrained(target, device=device)
 
 
 def _inference_settings(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in ("steps", "guidance", "ensemble", "seed") if getattr(args, k) is not None}
 
 
+def _placement(args: argparse.Namespace):  # -> adaptkit.inference.Placement (imported lazily)
+    """--accelerator, --devices, --strategy and --num-nodes checked as `train` checks its recipe's (by name
+    against Lightning's registries, then against this machine), and --workers."""
+    from adaptkit.inference import Placement
+    from adaptkit.preflight import check_devices
+    from adaptkit.recipe import RecipeError, check_placement
+
+    where = f"adaptkit {args.command}"
+    devices = int(args.devices) if args.devices.strip().isdigit() else args.devices.strip()
+    check_placement(args.accelerator, args.strategy, devices, where, prefix="--")
+    check_devices(args.accelerator, devices, where, prefix="--")
+    if args.num_nodes < 1:
+        raise RecipeError(f"{where}: --num-nodes {args.num_nodes}: expected at least 1 machine")
+    if args.workers < 0:
+        raise RecipeError(f"{where}: --workers {args.workers}: expected 0 (decode in the main process) or more")
+    return Placement(args.accelerator, devices, args.strategy, args.num_nodes)
+
+
+def _load_device(args: argparse.Namespace) -> str | None:
+    """Where models load before Lightning places them: on the CPU for CPU runs (each process its own copy),
+    else the default device, from which each rank's model moves to its own device."""
+    return "cpu" if args.accelerator == "cpu" else None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score an adapter (or a built-in task) on labelled images; write metrics.json, report.md, grid.png."""
     from dataclasses import replace
 
-    from adaptkit.data import DataError, check_all, open_source
+    from adaptkit.data import DataError, open_source
     from adaptkit.inference import evaluate
     from adaptkit.recipe import DataSection, metric_names, recorded_recipe
 
-    model = _load_model(args.adapter, args.task, args.base, args.class_name)
+    where = _placement(args)
+    model = _load_model(args.adapter, args.task, args.base, args.class_name, _load_device(args))
     # the recorded recipe says how the adapter was made, not what this machine holds: never re-validated
     recipe_data = recorded_recipe(model.meta.recipe).data if model.meta else DataSection(source="folder")
     if args.data:
@@ -148,8 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                              f"{', '.join(k for k, v in model.meta.samples.items() if v)}); pass --split or --data")
     else:
         raise DataError("a built-in task needs --data FOLDER (images/ and masks/ with matching stems)")
-    samples = check_all(source, ids)
-    if not samples:
+    if not ids:
         raise DataError(f"{args.data or recipe_data.path}: no labelled pair to evaluate")
     beside = args.adapter and Path(args.adapter).is_dir()  # a Hub id's folder is the read-only cache: not there
     out = Path(args.out or (Path(args.adapter).parent / f"eval-{args.split}" if beside else f"eval-{args.split}"))
@@ -157,10 +182,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                                             if model.meta else None)
     metric_names(model.codec, metrics, "--metrics")
     split = Path(args.data).name if args.data else args.split
-    report = evaluate(model, samples, out, metrics=metrics, split=split if model.meta else "",
-                      **_inference_settings(args))
+    report = evaluate(model, source, out, metrics=metrics, split=split if model.meta else "", ids=ids,
+                      workers=args.workers, batch_size=args.batch_size, where=where, **_inference_settings(args))
+    if not report.is_global_zero:
+        return 0
+    for pair, reason in report.skipped.items():
+        print(f"skipped {pair}: {reason}", file=sys.stderr)
+    if not report.images:
+        print(f"error: nothing was evaluated: none of the {len(ids)} pair(s) could be used", file=sys.stderr)
+        return 2
     print(report.table())
-    print(f"written: {out}/metrics.json, {out}/report.md, {out}/grid.png")
+    print(f"written: {out}/metrics.json, {out}/report.md, {out}/grid.png ({report.images} pair(s) scored on "
+          f"{report.processes} process(es), {len(report.skipped)} skipped)")
     return 0
 
 
@@ -210,18 +243,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if tasks and len(adapters) > 1:
         raise AdapterError(f"{tasks[0]!r} is neither an adapter folder (holding adaptkit.json) nor a Hub id; "
                            "several adapters must each be one")
-    models = ([_load_model(adapters[0], None, args.base, args.class_name)] if tasks or len(adapters) == 1
-              else load_adapters(adapters))
+    where = _placement(args)
+    device = _load_device(args)
+    models = ([_load_model(adapters[0], None, args.base, args.class_name, device)] if tasks or len(adapters) == 1
+              else load_adapters(adapters, device))
     outs = [Path(args.out)] if len(models) == 1 else [Path(args.out) / name for name in _output_names(adapters)]
-    for model, out in zip(models, outs, strict=True):
-        report = predict_files(model, inputs, out, raw=args.raw, **_inference_settings(args))
-        for path, reason in report.skipped.items():
-            print(f"skipped {path}: {reason}", file=sys.stderr)
-        if not report.written:
+    reports = predict_files(models, inputs, outs, raw=args.raw, recursive=args.recursive, split=args.split,
+                            image_column=args.image_column, workers=args.workers, overwrite=args.overwrite,
+                            where=where, batch_size=args.batch_size, **_inference_settings(args))
+    if not reports[0].is_global_zero:
+        return 0  # rank 0 speaks for the run
+    for path, reason in reports[0].skipped.items():
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for report, out in zip(reports, outs, strict=True):
+        if not report.written and not report.already:
             print(f"error: nothing was predicted: none of {' '.join(inputs)} gave a readable image "
                   f"({len(report.skipped)} input(s) skipped)", file=sys.stderr)
             return 2
-        print(f"{len(report.written)} prediction(s) written to {out} ({len(report.skipped)} input(s) skipped)")
+        print(report.summary(out))
     return 0
 
 
@@ -364,6 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: adapter's)")
         sub.add_argument("--ensemble", type=int, default=None, help="average K samples (continuous) or vote (masks)")
         sub.add_argument("--seed", type=int, default=None, help="sampling seed (default: the adapter's)")
+        sub.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the adapter's)")
+        sub.add_argument("--workers", type=int, default=0,
+                         help="processes that decode inputs ahead of the model (default 0: the main process)")
+        sub.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, cuda, ...")
+        sub.add_argument("--devices", default="1",
+                         help="devices (or CPU processes) per machine: N, -1 (all), 'auto' or indices '0,1' "
+                              "(default 1)")
+        sub.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: auto)")
+        sub.add_argument("--num-nodes", type=int, default=1, help="machines (torchrun / SLURM launch them; default 1)")
 
     evaluate = add("eval", cmd_eval, "evaluate an adapter or a built-in task with torchmetrics")
     evaluate.add_argument("adapter", nargs="?", default=None, help="adapter folder or Hub id")
@@ -379,11 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("items", nargs="+", metavar="ADAPTER... INPUT...",
                          help="one or more adapters (folders holding adaptkit.json, or Hub ids owner/name[@rev]; "
                               "the first may be a built-in task name: depth, normal, ...), then image files, "
-                              "folders or glob patterns")
+                              "folders, glob patterns, @FILE (a path a line), hf:DATASET or a save_to_disk folder")
     predict.add_argument("--adapter", action="append", default=None,
                          help="an adapter, repeatable; then every positional argument is an input")
     predict.add_argument("--out", required=True, help="output folder (several adapters: one sub-folder each)")
     predict.add_argument("--raw", action="store_true", help="also write the raw colour-encoded image")
+    predict.add_argument("--recursive", action="store_true", help="take images in the folders' sub-folders too")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="predict every input again (default: a rerun skips inputs whose outputs are complete)")
+    predict.add_argument("--split", default="train", help="the split of a dataset input (hf:NAME or a "
+                                                          "save_to_disk folder; default train)")
+    predict.add_argument("--image-column", default="image", help="the image column of a dataset input "
+                                                                 "(default image)")
     add_inference_options(predict)
 
     push = add("push", cmd_push, "upload an adapter to a Hugging Face Hub model repo (created if needed)")

@@ -145,3 +145,19 @@ def writable_folder(path: str | Path, what: str = "output folder", create: bool 
     if not os.access(path, os.W_OK | os.X_OK):
         raise FileError(path, f"the {what} is not writable", "choose another --out or fix its permissions")
     return path
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write `path` whole or not at all: the data goes to a temporary name beside it, then one rename (atomic
+    on one filesystem) puts it in place, so a run killed mid-write never leaves half a file under the name."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, str):
+            temporary.write_text(data)
+        else:
+            temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

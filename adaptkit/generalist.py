@@ -332,27 +332,37 @@ class Generalist(nn.Module):
         points = list(points) if points is not None else [None] * len(images)
         if len(points) != len(images):
             raise ValueError(f"got {len(points)} point lists for {len(images)} images")
-        resolution, results = self.config.resolution, []
-        embeds, pooled = self.encode_prompts([prompt])
+        results = []
         bar = tqdm(total=len(images), desc=f"predict {prompt}", unit="img", disable=not progress)
         for start in range(0, len(images), batch_size):
             arrays = [to_rgb_array(im) for im in images[start:start + batch_size]]
             count = len(arrays)
-            mean, std = self.encode_posterior(to_model_batch(arrays, resolution))
-            encoded = [self.denoiser.point_encoder.normalise(p, (a.shape[1], a.shape[0]), resolution)
-                       for p, a in zip(points[start:start + count], arrays, strict=True)]
-            latents = self.predict_latents(
-                mean, std, range(seed + start, seed + start + count), embeds.expand(count, -1, -1),
-                pooled.expand(count, -1), steps, guidance, deterministic,
-                torch.stack([e[0] for e in encoded]).to(self.device, self.dtype),
-                torch.stack([e[1] for e in encoded]).to(self.device))
-            decoded = self.decode_latents(latents).cpu()
-            for offset, (array, image) in enumerate(zip(arrays, decoded, strict=True)):
-                restored = resize(image, array.shape[0], array.shape[1]).clamp(0.0, 1.0)
-                results.append(Prediction(restored.permute(1, 2, 0).numpy(), sources[start + offset]))
+            decoded = self.predict_batch(arrays, prompt, range(seed + start, seed + start + count),
+                                         points[start:start + count], steps, guidance, deterministic)
+            results.extend(Prediction(image, sources[start + offset]) for offset, image in enumerate(decoded))
             bar.update(count)
         bar.close()
         return results
+
+    def predict_batch(self, arrays: Sequence[np.ndarray], prompt: str, seeds: Sequence[int],
+                      points: Sequence[Sequence[Sequence[float]] | None], steps: int, guidance: float,
+                      deterministic: bool) -> list[np.ndarray]:
+        """One batch of float RGB arrays -> colour-encoded predictions (H x W x 3 in [0, 1], each at its
+        input's size), image i drawn from `seeds[i]`. The unit that streamed and distributed prediction
+        (`adaptkit.inference`) runs: which batch an image is in is fixed there, so results are bit-identical
+        however the batches are spread over processes."""
+        resolution, count = self.config.resolution, len(arrays)
+        embeds, pooled = self.encode_prompts([prompt])
+        mean, std = self.encode_posterior(to_model_batch(arrays, resolution))
+        encoded = [self.denoiser.point_encoder.normalise(p, (a.shape[1], a.shape[0]), resolution)
+                   for p, a in zip(points, arrays, strict=True)]
+        latents = self.predict_latents(
+            mean, std, seeds, embeds.expand(count, -1, -1), pooled.expand(count, -1), steps, guidance,
+            deterministic, torch.stack([e[0] for e in encoded]).to(self.device, self.dtype),
+            torch.stack([e[1] for e in encoded]).to(self.device))
+        decoded = self.decode_latents(latents).cpu()
+        return [resize(image, array.shape[0], array.shape[1]).clamp(0.0, 1.0).permute(1, 2, 0).numpy()
+                for array, image in zip(arrays, decoded, strict=True)]
 
     # ---------------------------------------------------------------- description
     def parts(self) -> list[tuple[str, int, str]]:

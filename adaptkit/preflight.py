@@ -38,19 +38,24 @@ def _devices_asked(devices: str | int) -> int:
 
 def check_machine(recipe: Recipe) -> None:
     """The accelerator exists on this machine and has as many devices as train.devices asks for."""
+    check_devices(recipe.train.accelerator, recipe.train.devices, recipe.source)
+
+
+def check_devices(accelerator: str, devices: str | int, where: str, prefix: str = "train.") -> None:
+    """`accelerator` exists on this machine with as many devices as `devices` asks for (`prefix` names the
+    settings as the user wrote them: recipe keys or command-line options)."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
-    train, where = recipe.train, recipe.source
-    if train.accelerator in ("auto", "cpu"):
+    if accelerator in ("auto", "cpu"):
         return  # CPU "devices" are processes: any number works
-    names = ["cuda", "mps"] if train.accelerator == "gpu" else [train.accelerator]
+    names = ["cuda", "mps"] if accelerator == "gpu" else [accelerator]
     available = [name for name in names if AcceleratorRegistry[name]["accelerator"].is_available()]
     if not available:
-        raise RecipeError(f"{where}: train.accelerator {train.accelerator!r}: no such device on this machine; "
+        raise RecipeError(f"{where}: {prefix}accelerator {accelerator!r}: no such device on this machine; "
                           "use 'auto' or 'cpu'")
     count = AcceleratorRegistry[available[0]]["accelerator"].auto_device_count()
-    if _devices_asked(train.devices) > count:
-        raise RecipeError(f"{where}: train.devices {train.devices!r} asks for more {available[0]} devices than the "
+    if _devices_asked(devices) > count:
+        raise RecipeError(f"{where}: {prefix}devices {devices!r} asks for more {available[0]} devices than the "
                           f"{count} this machine has")
 
 

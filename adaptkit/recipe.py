@@ -365,7 +365,7 @@ def _validate(recipe: Recipe) -> None:
         if not ok:
             raise RecipeError(f"{where}: {message}")
     _validate_targets(recipe.adapter.targets, where)
-    _validate_trainer(recipe.train, where)
+    check_placement(recipe.train.accelerator, recipe.train.strategy, recipe.train.devices, where)
     if not sampling_allowed(recipe.train.objective, recipe.inference.steps, recipe.inference.guidance):
         raise RecipeError(
             f"{where}: train.objective single_step predicts in one deterministic pass, so inference.steps must "
@@ -454,22 +454,22 @@ def _validate_targets(targets: str | list[str], where: str) -> None:
                           f"{', '.join(presets)}, or a list of layer names such as [to_q, to_v]")
 
 
-def _validate_trainer(train: TrainSection, where: str) -> None:
+def check_placement(accelerator: str, strategy: str, devices: str | int, where: str, prefix: str = "train.") -> None:
     """The settings Lightning takes (accelerator, strategy, devices), checked against Lightning's own registries
-    by name only: whether this machine has them is checked where a run starts (`check`, `train`)."""
+    by name only: whether this machine has them is checked where a run starts (`check`, `train`, `predict`).
+    `prefix` names them as the user wrote them: recipe keys (`train.devices`) or options (`--devices`)."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry
 
-    _require_choice(train.accelerator, ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())],
-                    "train.accelerator", where, "is not known to Lightning")
-    _require_choice(train.strategy, ["auto", "ddp", *StrategyRegistry.available_strategies()], "train.strategy",
+    _require_choice(accelerator, ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())],
+                    f"{prefix}accelerator", where, "is not known to Lightning")
+    _require_choice(strategy, ["auto", "ddp", *StrategyRegistry.available_strategies()], f"{prefix}strategy",
                     where, "is not known to Lightning")
-    devices = train.devices
     valid = (devices == "auto" or (isinstance(devices, int) and (devices >= 1 or devices == -1))
              or (isinstance(devices, str) and re.fullmatch(r"-1|\d+|(\d+,)+\d*", devices.strip()) is not None
                  and devices.strip() != "0"))
     if not valid:
-        raise RecipeError(f"{where}: train.devices {devices!r} must be 'auto', a number of devices >= 1, -1 (all) "
+        raise RecipeError(f"{where}: {prefix}devices {devices!r} must be 'auto', a number of devices >= 1, -1 (all) "
                           "or a list of device indices such as '0,1'")
 
 

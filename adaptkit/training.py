@@ -505,6 +505,15 @@ def _precision(setting: str, accelerator: str) -> str:
     return "bf16-mixed" if _uses_gpu(accelerator) else "32-true"
 
 
+def placement(accelerator: str, devices: str | int, strategy: str, precision: str = "auto",
+              num_nodes: int = 1) -> dict[str, Any]:
+    """The `L.Trainer` arguments that say where a run executes (accelerator, devices, strategy, machines) and
+    in which precision: one place, so training and prediction (`adaptkit.inference`) run alike on one CPU,
+    8 GPUs or several machines."""
+    return {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes,
+            "precision": _precision(precision, accelerator)}
+
+
 def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Generalist | None = None,
           progress: bool = True, cache_dir: str | Path | None = None,
           callbacks: list[L.Callback] | None = None) -> TrainResult:
@@ -566,7 +575,6 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
     # 2. the generalist; under bf16-mixed its frozen weights are bf16 too (LoRA weights stay fp32), which is
     #    what lets SD3-medium train in 24 GB
     train_cfg = recipe.train
-    precision = _precision(train_cfg.precision, train_cfg.accelerator)
     if generalist is None:
         generalist = load_base(recipe)
     resolve_targets(generalist.denoiser, recipe.adapter.targets)  # layer names this base lacks: before any write
@@ -598,9 +606,9 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
         callbacks.append(L.pytorch.callbacks.EarlyStopping(f"val/{monitor}", patience=recipe.train.early_stop,
                                                            mode="max" if higher else "min"))
     trainer = L.Trainer(
+        **placement(train_cfg.accelerator, train_cfg.devices, train_cfg.strategy, train_cfg.precision),
         max_steps=train_cfg.steps, accumulate_grad_batches=train_cfg.grad_accum,
-        gradient_clip_val=train_cfg.grad_clip or None, precision=precision,
-        accelerator=train_cfg.accelerator, devices=train_cfg.devices, strategy=train_cfg.strategy,
+        gradient_clip_val=train_cfg.grad_clip or None,
         val_check_interval=train_cfg.val_every * train_cfg.grad_accum, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, callbacks=callbacks,
         logger=L.pytorch.loggers.CSVLogger(out / "logs", name="", version=""),

@@ -136,6 +136,9 @@ def test_predict_runs_several_adapters_on_one_base(adapters, images, tmp_path, c
     code = main(["predict", "--adapter", str(adapters["red"]), "--adapter", str(adapters["shadow"]),
                  str(inputs / "0.png"), "--out", str(tmp_path / "opt")])
     assert code == 0 and sorted(p.name for p in (tmp_path / "opt").iterdir()) == ["red", "shadow"]
+    capsys.readouterr()
+    code = main(["predict", str(adapters["red"]), str(inputs), "--out", str(tmp_path / "o" / "red"), "--raw"])
+    assert code == 0 and "3 already complete" in capsys.readouterr().out  # with or without the other adapter
 
 
 def test_the_card_parses_and_its_metadata_round_trips(adapters, tmp_path):
