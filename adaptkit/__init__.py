@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # exactly the names of `_EXPORTS` (tests/test_api.py checks i
     from adaptkit.errors import AdaptkitError, FileError
     from adaptkit.generalist import CheckpointError, Generalist
     from adaptkit.hub import HubError
-    from adaptkit.memory import estimate_memory
     from adaptkit.inference import Placement, PredictionError, builtin_task, evaluate, predict_files
+    from adaptkit.memory import estimate_memory
     from adaptkit.metrics import build_metrics
     from adaptkit.recipe import Recipe, RecipeError, load_recipe
     from adaptkit.sweep import SweepError

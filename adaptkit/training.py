@@ -600,13 +600,15 @@ def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist
                                    trainable_parameters=trainable, base_parameters=base_count)
     keep_best = KeepBestAdapter(out / "adapter", monitor, higher, meta)
     save_last = SaveLast(last_checkpoint)
-    resources = ResourceRecord(out / "resources.json", shapes, recipe, len(train_set) + len(val_set), precision)
+    where = placement(train_cfg.accelerator, train_cfg.devices, train_cfg.strategy, train_cfg.precision)
+    resources = ResourceRecord(out / "resources.json", shapes, recipe, len(train_set) + len(val_set),
+                               where["precision"])
     callbacks = [*(callbacks or []), keep_best, save_last, resources]
     if recipe.train.early_stop:
         callbacks.append(L.pytorch.callbacks.EarlyStopping(f"val/{monitor}", patience=recipe.train.early_stop,
                                                            mode="max" if higher else "min"))
     trainer = L.Trainer(
-        **placement(train_cfg.accelerator, train_cfg.devices, train_cfg.strategy, train_cfg.precision),
+        **where,
         max_steps=train_cfg.steps, accumulate_grad_batches=train_cfg.grad_accum,
         gradient_clip_val=train_cfg.grad_clip or None,
         val_check_interval=train_cfg.val_every * train_cfg.grad_accum, check_val_every_n_epoch=None,
