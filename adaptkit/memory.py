@@ -55,13 +55,12 @@ SD3_TEXT_PARAMETERS, SD3_TEXT_STORED_BYTES = 5_570_000_000, 2
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes a run holds, by kind, and the three moments it can peak at: `loading` (the weights with the
-    text encoders, before they are freed, and on a CPU the VAE still in the fp32 it loads in), `encoding`
+    text encoders, before they are freed), `encoding`
     (the VAE caching the data set) and `step` (a training step, or one inference batch). `peak` is the
     largest."""
 
     weights: int
     text_encoders: int
-    load_transient: int
     lora: int
     optimizer: int
     activations: int
@@ -72,7 +71,7 @@ class MemoryEstimate:
 
     @property
     def loading(self) -> int:
-        return self.runtime + self.weights + self.text_encoders + self.load_transient
+        return self.runtime + self.weights + self.text_encoders
 
     @property
     def encoding(self) -> int:
@@ -129,17 +128,17 @@ def estimate_memory(shapes: BaseShapes, resolution: int, batch_size: int, rank: 
         raise ValueError(f"precision must be one of {sorted(SAVED_PER_TOKEN_WIDTH)}, got {precision!r}")
     on_gpu = device.startswith("cuda")
     weight_bytes = 2 if precision == "bf16-mixed" else 4
-    weights = (shapes.transformer_parameters + shapes.point_parameters + shapes.vae_parameters) * weight_bytes
-    # on a CPU the VAE loads memory-mapped in fp32 and a bf16 cast touches every page before the mapping goes,
-    # and the text encoders count as stored; a GPU receives them cast
-    load_transient = shapes.vae_parameters * 4 if not on_gpu and weight_bytes == 2 else 0
+    vae_bytes = weight_bytes if on_gpu else 4  # a CPU keeps the VAE in fp32 (`Generalist.to_runtime`)
+    weights = ((shapes.transformer_parameters + shapes.point_parameters) * weight_bytes
+               + shapes.vae_parameters * vae_bytes)
+    # on a CPU the text encoders count as stored (memory-mapped); a GPU receives them cast
     text_bytes = weight_bytes if on_gpu else shapes.text_stored_bytes
     tokens = shapes.image_tokens(resolution) + shapes.text_tokens + POINT_TOKENS
     per_block = tokens * shapes.width * batch_size  # one hidden vector per token of the batch
     latent_side = resolution // shapes.vae_downsampling
     latent = 16 * latent_side * latent_side * 4  # fp32, as the cache keeps them
     prompt_cache = 2 * (shapes.text_tokens * 4096 + 2048) * 4  # the task prompt and the empty one, fp32
-    pixels = shapes.vae_channels * resolution * resolution * weight_bytes / 2
+    pixels = shapes.vae_channels * resolution * resolution * vae_bytes / 2
     lora_parameters = shapes.lora_parameters_per_rank * rank
     saved = SAVED_PER_TOKEN_WIDTH[precision] * per_block
     if training:
@@ -156,7 +155,7 @@ def estimate_memory(shapes: BaseShapes, resolution: int, batch_size: int, rank: 
         vae_workspace = int(VAE_DECODE_PER_PIXEL_CHANNEL * pixels * batch_size)
         activations = max(int(saved * (2 if guidance > 1.0 else 1)), vae_workspace)
         latents = 3 * latent * batch_size
-    return MemoryEstimate(weights=weights, text_encoders=text, load_transient=load_transient, lora=lora,
+    return MemoryEstimate(weights=weights, text_encoders=text, lora=lora,
                           optimizer=optimizer, activations=activations, vae_workspace=vae_workspace, latents=latents,
                           prompt_cache=prompt_cache, runtime=RUNTIME_BYTES["cuda" if on_gpu else "cpu"])
 

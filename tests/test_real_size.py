@@ -67,9 +67,10 @@ def test_the_release_folder_has_sd3_mediums_configs_and_loads_every_key(release)
     assert all(torch.equal(held[key], tensor) for key, tensor in release_keys.items())
     # ... and what it leaves to the base (VAE, text encoders) comes from the base folder
     vae = load_file(str(release / "vae" / "diffusion_pytorch_model.safetensors"))
-    assert all(torch.equal(generalist.vae.state_dict()[k], v.to(torch.bfloat16)) for k, v in vae.items())
+    assert all(torch.equal(generalist.vae.state_dict()[k], v) for k, v in vae.items())  # fp32 on a CPU, exact
     assert generalist.prompts.text_encoder_3.config.d_model == 4096
-    assert {str(p.dtype) for p in generalist.parameters()} == {"torch.bfloat16"}
+    assert {str(p.dtype) for p in generalist.vae.parameters()} == {"torch.float32"}
+    assert {str(p.dtype) for n, p in generalist.named_parameters() if not n.startswith("vae.")} == {"torch.bfloat16"}
 
 
 @pytest.mark.slow
@@ -77,17 +78,19 @@ def test_the_ci_cut_trains_reloads_and_predicts_in_bf16(release, tmp_path):
     recipe = load_recipe(shadow_recipe(
         "real-size", base={"generalist": "diception", "sd3": str(release), "weights": str(release),
                            "resolution": RESOLUTION},
-        data={"synth_resolution": 64, "train_shots": 2, "val_shots": 1, "hflip": False},
+        # one step and no validation set: this CPU has no native bf16, so one bf16 backward at the real width
+        # takes ~45 s (fp32: ~1 s); validation sampling is tested on the tiny base
+        data={"synth_resolution": 64, "train_shots": 2, "val_shots": 0, "hflip": False},
         adapter={"rank": 32, "alpha": 32, "targets": "attention"},
-        train={"steps": 2, "batch_size": 1, "val_every": 2, "warmup": 0, "precision": "bf16-mixed",
+        train={"steps": 1, "batch_size": 1, "val_every": 1, "warmup": 0, "precision": "bf16-mixed",
                "gradient_checkpointing": True, "accelerator": "cpu"},
         inference={"batch_size": 1}))
     result = train(recipe, tmp_path / "run", progress=False)
     assert result.trainable_parameters == 32 * 2 * 1536 * (8 + 7)  # a full block and the last (no to_add_out)
     record = json.loads((tmp_path / "run" / "resources.json").read_text())
     modules = record["modules"]
-    assert modules["transformer"]["dtype"] == modules["point encoder"]["dtype"] == modules["vae"]["dtype"] \
-        == ["bfloat16"]
+    assert modules["transformer"]["dtype"] == modules["point encoder"]["dtype"] == ["bfloat16"]
+    assert modules["vae"]["dtype"] == ["float32"]  # a CPU keeps the VAE in fp32: its bf16 convolutions crawl
     assert modules["lora"]["dtype"] == ["float32"] and modules["lora"]["elements"] == result.trainable_parameters
     assert all(modules[f"text encoder{s}"]["freed"] for s in (" (CLIP-L)", " 2 (CLIP-G)", " 3 (T5)"))
     assert record["optimizer_state_bytes"] >= 2 * 4 * result.trainable_parameters  # AdamW's two fp32 moments
