@@ -148,3 +148,20 @@ def test_an_adapter_trained_in_bf16_mixed_reloads_on_a_bf16_base(tmp_path):
     model = AdaptedModel.from_pretrained(result.adapter, device="cpu")
     assert model.generalist.dtype == torch.bfloat16
     assert model.predict_encoded([np.zeros((32, 32, 3))], progress=False)[0][0].image.shape == (32, 32, 3)
+
+
+def test_a_cpu_keeps_the_vae_exact_in_fp32_and_out_of_autocast():
+    """bf16 convolutions without native CPU support are ~300x slower: the VAE stays fp32, never cast through bf16,
+    and a bf16-mixed run's autocast does not reach it."""
+    generalist = build_tiny_generalist(TinySpec())
+    vae_weights = {k: v.clone() for k, v in generalist.vae.state_dict().items()}
+    generalist.to_runtime("cpu", torch.bfloat16)
+    assert generalist.dtype == torch.bfloat16 and generalist.vae.dtype == torch.float32
+    assert all(torch.equal(generalist.vae.state_dict()[k], v) for k, v in vae_weights.items())
+    pixels = torch.rand(1, 3, generalist.config.resolution, generalist.config.resolution) * 2 - 1
+    plain = generalist.encode_posterior(pixels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = generalist.encode_posterior(pixels)
+        decoded = generalist.decode_latents(mixed[0])
+    assert mixed[0].dtype == torch.float32 and torch.equal(mixed[0], plain[0]) and torch.equal(mixed[1], plain[1])
+    assert torch.equal(decoded, generalist.decode_latents(plain[0]))
