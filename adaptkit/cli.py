@@ -105,6 +105,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      study_name=args.study, workers=args.workers, worker=args.worker)
 
 
+def cmd_curve(args: argparse.Namespace) -> int:
+    """How many labelled images the task needs: a learning curve over shot counts, with intervals and a fit."""
+    from adaptkit.curve import run_curve
+
+    return run_curve(args.recipe, args.overrides, out=args.out, shots=args.shots, repeats=args.repeats,
+                     metric=args.metric, target=args.target)
+
+
 def _load_model(target: str | None, task: str | None, base: str, class_name: str = "",
                 device: str | None = None) -> AdaptedModel:
     """An adapter folder / Hub id, or a built-in task of `base` (no adapter: the zero-shot baseline)."""
@@ -395,6 +403,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--study", default=None, help="study name (default: the recipe's name)")
     sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one GPU each)")
     sweep.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set on the processes it starts
+
+    curve = add("curve", cmd_curve, "how many labelled images does the task need? train and test adapters on "
+                                    "nested subsets of growing size, with 95%% intervals and a fitted power law")
+    curve.add_argument("recipe", help="a recipe YAML file or the name of a bundled recipe")
+    curve.add_argument("overrides", nargs="*", help=overrides_help)
+    curve.add_argument("--shots", type=int, nargs="+", default=None, metavar="K",
+                       help="training images per point, each at most data.train_shots (default: 5 10 25 50)")
+    curve.add_argument("--repeats", type=int, default=None,
+                       help="subsets (and training seeds) per shot count (default: 3)")
+    curve.add_argument("--metric", default=None, help="the test metric (default: the recipe's monitored one)")
+    curve.add_argument("--target", type=float, default=None,
+                       help="the metric value to find the number of images for (default: within 5%% of the fitted "
+                            "ceiling)")
+    curve.add_argument("--out", default=None, help="output folder (default: runs/RECIPE_NAME-curve); re-run to resume")
 
     def add_inference_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--base", default="default", help="generalist for a built-in task (default: the embedded one)")
