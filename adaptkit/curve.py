@@ -19,7 +19,8 @@ Why per-image means: they make the bootstrap over test images exact and alike fo
 ratio such as micro IoU is not a mean of image scores); the split-level values are recorded beside them.
 
 A point is recorded in `curve.json` once it is scored, so a killed curve reruns only its missing points (an
-interrupted point restarts from scratch: points are short, and a restart is the same run). Points depend on
+interrupted point restarts from scratch: points are short, and a restart is the same run), as it does a point
+whose adapter folder was deleted. Points depend on
 the recipe and on (k, r) alone, so a rerun with more shot counts or repeats trains only the new points, and a
 rerun with another `--metric` or `--target` trains nothing; a rerun with a different recipe is refused.
 """
@@ -44,7 +45,7 @@ from adaptkit.data import DataError, Sample, Splits, check_all, load_splits
 from adaptkit.errors import AdaptkitError
 from adaptkit.files import read_json, write_atomic
 from adaptkit.generalist import Generalist
-from adaptkit.metrics import HIGHER_IS_BETTER, build_codec_metrics
+from adaptkit.metrics import HIGHER_IS_BETTER, build_codec_metrics, default_metric_names
 from adaptkit.recipe import Recipe, load_recipe
 
 RECORD = "curve.json"
@@ -109,9 +110,9 @@ def check_request(recipe: Recipe, shots: Sequence[int], repeats: int, metric: st
         raise CurveError(f"--target must be a finite number, got {target}")
     from adaptkit.codecs import build_codec
 
-    names = list(build_codec_metrics(build_codec(recipe.task.codec, recipe.task.codec_args),
-                                     recipe.eval.metrics or None).keys())
-    chosen = metric or recipe.train.monitor or names[0]
+    codec = build_codec(recipe.task.codec, recipe.task.codec_args)
+    names = list(build_codec_metrics(codec, recipe.eval.metrics or None).keys())
+    chosen = metric or recipe.train.monitor or (recipe.eval.metrics or default_metric_names(codec))[0]  # training's
     if chosen not in names:
         raise CurveError(f"--metric {chosen!r} is not one of the recipe's metrics ({', '.join(names)}); set "
                          "eval.metrics to add one")
@@ -235,13 +236,16 @@ class Answer:
     high: float | None = None
     fit: dict[str, Any] | None = None  # the power law's parameters, each with its interval
     reason: str | None = None
+    smallest: int | None = None  # the smallest count measured, when the answer lies below it
 
     @property
     def text(self) -> str:
         if self.reason:
             return f"no reliable answer: {self.reason}"
         what = f"{self.metric} {self.target_value:.3f}" + (
-            "" if self.target is not None else f" ({100 * CEILING_FRACTION:g}% of the fitted ceiling)")
+            "" if self.target is not None else f" (within {100 - 100 * CEILING_FRACTION:g}% of the fitted ceiling)")
+        if self.smallest is not None:
+            return f"at most {self.smallest} labelled images for {what}: the smallest count measured reaches it"
         return f"about {math.ceil(self.shots)} labelled images for {what} (95% interval {math.ceil(self.low)}-" \
                f"{math.ceil(self.high)})"
 
@@ -263,7 +267,8 @@ def answer(rows: Sequence[Row], boot: np.ndarray, metric: str, higher: bool, tar
     """The fit's answer, given only when the curve supports it (each refusal says which test failed): at least
     `MIN_SHOT_COUNTS` shot counts, the fitted curve inside every shot count's interval, the target reachable by
     at least 97.5% of the bootstrap refits (so N's interval is finite), and that interval within
-    `EXTRAPOLATION` times the largest measured count. Also the bootstrap refits, for the picture's band."""
+    `EXTRAPOLATION` times the largest measured count; for the default target (relative to the ceiling), also a
+    ceiling interval no wider than the measured range. Also the bootstrap refits, for the picture's band."""
     result = Answer(metric, target)
     shots = np.array([row.shots for row in rows], float)
     if len(rows) < MIN_SHOT_COUNTS:
@@ -293,6 +298,12 @@ def answer(rows: Sequence[Row], boot: np.ndarray, metric: str, higher: bool, tar
 
     result.target_value = target_of(fit)
     ceiling = f"{fit.ceiling:.3f} [{ceiling_low:.3f}, {ceiling_high:.3f}]"
+    measured = max(row.high for row in rows) - min(row.low for row in rows)
+    if target is None and not ceiling_high - ceiling_low <= measured:  # NaN (no refit) is undetermined too
+        result.reason = (f"the curve has not levelled off enough to place its ceiling: fitted ceiling {ceiling}, an "
+                         f"interval wider than everything measured ({measured:.3f}); measure larger shot counts or "
+                         "more repeats, or ask for a --target inside the measured range")
+        return result, good
     side = "above" if higher else "below"
     point = fit.shots_for(result.target_value)
     if math.isinf(point):
@@ -301,19 +312,20 @@ def answer(rows: Sequence[Row], boot: np.ndarray, metric: str, higher: bool, tar
         return result, good
     needed = np.array([f.shots_for(target_of(f)) for f in refits if f is not None]
                       + [math.inf] * (len(refits) - len(good)))  # a refit that fails counts as no answer
-    low, high = np.percentile(needed, [2.5, 97.5])
+    with np.errstate(invalid="ignore"):  # inf - inf between two unreachable refits: NaN, i.e. unbounded
+        low, high = np.percentile(needed, [2.5, 97.5])
     if not math.isfinite(high):
         result.reason = (f"target {metric} {result.target_value:.3f} is within the fitted ceiling's 95% interval "
                          f"{ceiling}: N's interval is unbounded (about {math.ceil(point)} on the point fit)")
         return result, good
     limit = EXTRAPOLATION * shots.max()
     if high > limit:
-        result.reason = (f"about {math.ceil(point)} labelled images for {metric} {result.target_value:.3f} on the "
-                         f"point fit, but its 95% interval ({math.ceil(low)}-{math.ceil(high)}) reaches beyond "
-                         f"{EXTRAPOLATION:g}x the largest count measured ({int(shots.max())}); measure larger shot "
-                         "counts to say")
+        result.reason = (f"about {math.ceil(point):,} labelled images for {metric} {result.target_value:.3f} on the "
+                         f"point fit, but its 95% interval (from {math.ceil(low):,}) reaches beyond {limit:g}, "
+                         f"{EXTRAPOLATION:g}x the largest count measured; measure larger shot counts to say")
         return result, good
     result.shots, result.low, result.high = point, float(low), float(high)
+    result.smallest = int(shots.min()) if point < shots.min() else None  # below the data: say only "at most"
     return result, good
 
 
@@ -430,13 +442,16 @@ def learning_curve(recipe: Recipe | str, out: str | Path, shots: Sequence[int] =
         raise CurveError(f"{out} is a file, not a folder; choose another --out")
     record = open_record(out, recipe)
     subsets = draw_subsets(splits.train, shots, repeats, recipe.data.seed)
-    todo = [(k, r) for r in range(repeats) for k in shots if point_name(k, r) not in record["points"]]
+    todo = [(k, r) for r in range(repeats) for k in shots  # a point whose adapter was deleted is trained again
+            if point_name(k, r) not in record["points"]
+            or not (out / "points" / point_name(k, r) / "adapter" / "adaptkit.json").is_file()]
     trained = []
     if todo:
         out.mkdir(parents=True, exist_ok=True)
         print(f"curve {recipe.name}: {len(shots)} shot counts x {repeats} repeats, scored on {len(test)} test images "
               f"by {metric}; {len(todo)} point(s) to train into {out / 'points'}"
-              + (f", {len(shots) * repeats - len(todo)} on record" if len(todo) < len(shots) * repeats else ""))
+              + (f", {len(shots) * repeats - len(todo)} on record" if len(todo) < len(shots) * repeats else ""),
+              file=sys.stderr)
         if generalist is None:
             from adaptkit.sweep import prepare_base
 
