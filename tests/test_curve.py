@@ -126,18 +126,19 @@ def test_learning_curve_end_to_end_and_resume(tmp_path: Path, tiny) -> None:
     assert sorted(result.trained) == ["shots-2-repeat-0", "shots-2-repeat-1", "shots-4-repeat-0", "shots-4-repeat-1"]
     assert (out / "curve.png").stat().st_size > 0
     record = json.loads((out / RECORD).read_text())
-    test_ids = record["test_ids"]
+    test_ids, metric = record["test_ids"], result.metric
+    assert metric == "dice"  # the recipe's monitored metric: its codec's first
     assert len(test_ids) == 5
     for name, point in record["points"].items():
         meta = json.loads((out / "points" / name / "adapter" / "adaptkit.json").read_text())
         assert meta["samples"]["train"] == point["train_ids"]  # the adapter records the subset it learnt from
         assert meta["samples"]["test"] == test_ids
-        assert len(point["scores"]["iou"]) == 5
+        assert len(point["scores"][metric]) == len(point["scores"]["iou"]) == 5
     points = record["points"]
     assert set(points["shots-2-repeat-0"]["train_ids"]) < set(points["shots-4-repeat-0"]["train_ids"])
     assert "at least 4 shot counts" in result.answer.reason
     rows = record["summary"]["rows"]
-    assert rows[0]["mean"] == pytest.approx(np.mean([record["points"][f"shots-2-repeat-{r}"]["scores"]["iou"]
+    assert rows[0]["mean"] == pytest.approx(np.mean([record["points"][f"shots-2-repeat-{r}"]["scores"][metric]
                                                      for r in range(2)]))
 
     # a point scored as users score it: `evaluate` on the loaded adapter gives the recorded split-level metrics,
@@ -185,7 +186,7 @@ def test_cli_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert main(["curve", str(recipe), "--shots", "1", "3", "--repeats", "1", "--out", str(out), "train.steps=1"]) == 0
     printed = capsys.readouterr().out
-    assert "| shots | iou mean | 95% interval | per repeat |" in printed and "| 3 |" in printed
+    assert "| shots | dice mean | 95% interval | per repeat |" in printed and "| 3 |" in printed
     assert "no reliable answer: the power law has 3 parameters" in printed
     assert sorted(p.name for p in (out / "points").iterdir()) == ["shots-1-repeat-0", "shots-3-repeat-0"]
     shutil.rmtree(out / "points" / "shots-3-repeat-0")  # a deleted point is trained again, and only it
