@@ -215,3 +215,28 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert code == 2
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_curve_says_how_to_continue_and_continues(tmp_path: Path, tiny,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import adaptkit.training as training
+    from adaptkit.training import TrainingInterrupted
+
+    real, calls = training.train, []
+
+    def stopped_at_the_third(*args, **kwargs):
+        calls.append(Path(args[1]).name)
+        if len(calls) == 3:  # what Ctrl-C does inside train: a checkpoint, then TrainingInterrupted
+            raise TrainingInterrupted("training interrupted at step 1 of 2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", stopped_at_the_third)
+    out = tmp_path / "curve"
+    with pytest.raises(TrainingInterrupted, match=r"during shots-1-repeat-1; 2 of 4 points are recorded .* rerun the "
+                                                  r"same command to continue \(the interrupted point restarts\)"):
+        learning_curve(load_recipe(RECIPE), out, shots=[1, 3], repeats=2, generalist=tiny, progress=False)
+    assert sorted(json.loads((out / RECORD).read_text())["points"]) == ["shots-1-repeat-0", "shots-3-repeat-0"]
+    result = learning_curve(load_recipe(RECIPE), out, shots=[1, 3], repeats=2, generalist=tiny, progress=False,
+                            resamples=50)
+    assert result.trained == ["shots-1-repeat-1", "shots-3-repeat-1"]
+    assert calls[3:] == ["shots-1-repeat-1", "shots-3-repeat-1"]
