@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set on the processes it starts
 
     curve = add("curve", cmd_curve, "how many labelled images does the task need? train and test adapters on "
-                                    "nested subsets of growing size, with 95%% intervals and a fitted power law")
+                                    "nested subsets of growing size, with bootstrap intervals and a fitted power law")
     curve.add_argument("recipe", help="a recipe YAML file or the name of a bundled recipe")
     curve.add_argument("overrides", nargs="*", help=overrides_help)
     curve.add_argument("--shots", type=int, nargs="+", default=None, metavar="K",
