@@ -430,9 +430,17 @@ def select_shots(ids: Sequence[str], data: DataSection) -> Splits:
     return Splits(shuffled[:val_start], shuffled[val_start:test_start], shuffled[test_start:test_end])
 
 
-def _where(source: DataSource) -> str:
+def source_name(source: DataSource) -> str:
     """A source as a message names it: its folder, dataset or file."""
     return str(getattr(source, "root", None) or getattr(source, "path", None) or "the data")
+
+
+def require_known(source: DataSource, ids: Iterable[str]) -> None:
+    """Refuse ids the source does not list (an adapter's recorded samples, gone from its data) in one
+    DataError naming them, before any is loaded: a missing pair is the user's to fix, not a pair to skip."""
+    known = set(source.ids())
+    if absent := [id for id in ids if id not in known]:
+        raise DataError(_listing(f"pair id(s) asked for are not in {source_name(source)}", absent))
 
 
 def check_all(source: DataSource, ids: Iterable[str]) -> list[Sample]:
@@ -445,9 +453,7 @@ def check_all(source: DataSource, ids: Iterable[str]) -> list[Sample]:
     once per kind, naming the files, so that nothing is read in a way the user did not see.
     """
     ids = list(ids)
-    known = set(source.ids())
-    if absent := [id for id in ids if id not in known]:  # ids recorded elsewhere (an adapter's samples) gone here
-        raise DataError(_listing(f"pair id(s) asked for are not in {_where(source)}", absent))
+    require_known(source, ids)
     samples, problems, notes = [], [], {}
     for id in ids:
         with warnings.catch_warnings(record=True) as caught:
@@ -467,7 +473,7 @@ def check_all(source: DataSource, ids: Iterable[str]) -> list[Sample]:
                         + "\n  ".join(problems[:_SHOWN] + more))
     whole = source.codec.check_set([sample.target for sample in samples])
     if whole:
-        raise DataError(f"{_where(source)}: {whole}")
+        raise DataError(f"{source_name(source)}: {whole}")
     for note, noted in notes.items():
         print(f"note: {_listing(f'of {len(ids)} targets: {note}', noted)}", file=sys.stderr)
     return samples

@@ -633,6 +633,19 @@ def read_generalist_config(path: Path) -> GeneralistConfig:
 MAX_CONFIG_SIZE = 1 << 20
 
 
+def bounded_config(path: Path, config: Any) -> dict[str, Any]:
+    """`config` (read from `path`) once it is a JSON object whose sizes are all within MAX_CONFIG_SIZE: building
+    even on the meta device takes time and memory in proportion to a size, so a damaged one is refused first."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    for key, value in config.items():
+        if any(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) > MAX_CONFIG_SIZE
+               for v in (value if isinstance(value, list) else [value])):
+            raise CheckpointError(f"{path}: {key} {value!r} is beyond any model's size (at most {MAX_CONFIG_SIZE}); "
+                                  "the generalist folder is damaged: copy it again")
+    return config
+
+
 def load_part(model_class: Any, folder: Path, part: str, config_file: str = "") -> Any:
     """One part of a generalist folder (`folder/part`), built by its library from the config and weights there.
 
@@ -641,14 +654,7 @@ def load_part(model_class: Any, folder: Path, part: str, config_file: str = "") 
     failure to build comes back naming the part's folder.
     """
     path = folder / part / (config_file or getattr(model_class, "config_name", "config.json"))
-    config = read_json(path, f"{part} config")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    for key, value in config.items():
-        if any(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) > MAX_CONFIG_SIZE
-               for v in (value if isinstance(value, list) else [value])):
-            raise CheckpointError(f"{path}: {key} {value!r} is beyond any model's size (at most {MAX_CONFIG_SIZE}); "
-                                  "the generalist folder is damaged: copy it again")
+    bounded_config(path, read_json(path, f"{part} config"))
     try:
         return model_class.from_pretrained(folder / part)
     except Exception as error:  # the libraries raise many kinds for a config or weights they cannot build from

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from adaptkit.adapters import AdaptedModel, AdapterError, combine_ensemble
 from adaptkit.bases import load_generalist
 from adaptkit.codecs import CodecError, TargetNote, build_codec
-from adaptkit.data import DataError, DataSource, Sample, _open_dataset
+from adaptkit.data import DataError, DataSource, Sample, _open_dataset, require_known, source_name
 from adaptkit.errors import AdaptkitError, FileError
 from adaptkit.files import read_json, writable_folder, write_atomic
 from adaptkit.generalist import Generalist, Prediction
@@ -806,8 +806,7 @@ def _check_set(source: DataSource, ids: list[str]) -> None:
         print(f"note: {note} (pairs {', '.join(noted)} of the first {len(targets)})", file=sys.stderr)
     whole = source.codec.check_set(targets)
     if whole:
-        where = getattr(source, "root", None) or getattr(source, "path", None) or "the data"
-        raise DataError(f"{where}: {whole} (checked on its first {len(targets)} pairs)")
+        raise DataError(f"{source_name(source)}: {whole} (checked on its first {len(targets)} pairs)")
 
 
 def evaluate(model: AdaptedModel, samples: Sequence[Sample] | DataSource, out: str | Path | None = None,
@@ -828,6 +827,7 @@ def evaluate(model: AdaptedModel, samples: Sequence[Sample] | DataSource, out: s
     ids = [s.id for s in samples] if in_memory else list(samples.ids() if ids is None else ids)
     build_codec_metrics(model.codec, metrics)  # an unknown metric name fails here, before any prediction
     if not in_memory:
+        require_known(samples, ids)
         _check_set(samples, ids)
     if out is not None:
         out = writable_folder(out)

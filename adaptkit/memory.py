@@ -235,12 +235,14 @@ def folder_shapes(folder: Path, targets: Any, max_sequence_length: int = 256) ->
     """Shapes of an SD3-layout folder (a release base, or an adaptkit generalist folder) from its configs."""
     import transformers
 
+    from adaptkit.generalist import bounded_config
+
     text_parameters, stored = 0, 4
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         config_path = folder / name / "config.json"
         if not config_path.is_file():
             continue
-        config = json.loads(config_path.read_text())
+        config = bounded_config(config_path, json.loads(config_path.read_text()))
         model_class = getattr(transformers, config["architectures"][0])
         with torch.device("meta"):
             text_parameters += _parameters(model_class(model_class.config_class.from_pretrained(folder / name)))
@@ -248,7 +250,8 @@ def folder_shapes(folder: Path, targets: Any, max_sequence_length: int = 256) ->
     clip_tokens = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text()).get("model_max_length", 77)
     point_config = folder / "point_encoder" / "config.json"
     frequencies = json.loads(point_config.read_text())["num_frequencies"] if point_config.is_file() else 1024
-    configs = [json.loads((folder / part / "config.json").read_text()) for part in ("transformer", "vae")]
+    configs = [bounded_config(path, json.loads(path.read_text()))
+               for path in (folder / part / "config.json" for part in ("transformer", "vae"))]
     return shapes_from_configs(*configs, targets, text_parameters, clip_tokens + max_sequence_length, frequencies,
                                stored)
 
