@@ -88,6 +88,7 @@ __all__ = [
     "CurveError",
     "CurveResult",
     "DataError",
+    "ErrorAUROC",
     "FileError",
     "Generalist",
     "HubError",
@@ -96,9 +97,12 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "Sample",
+    "SuggestError",
+    "SuggestReport",
     "SweepError",
     "TrainingError",
     "TrainingInterrupted",
+    "UncertaintyError",
     "__version__",
     "build_codec",
     "build_metrics",
@@ -110,6 +114,7 @@ __all__ = [
     "load_generalist",
     "load_recipe",
     "predict_files",
+    "suggest",
     "train",
 ]
 

@@ -271,14 +271,19 @@ class AdaptedModel:
 
     def sampling(self, **asked: Any) -> dict[str, Any]:
         """The sampling settings a call uses: those `asked` (steps, guidance, seed, ensemble, batch_size; None
-        keeps the adapter's), checked, plus `deterministic` and `members` (samples drawn per image)."""
-        chosen = {**self.inference, **{k: v for k, v in asked.items() if v is not None}}
+        keeps the adapter's; `uncertainty`, an estimator of `adaptkit.uncertainty` or None for no map), checked,
+        plus `deterministic` and `members` (samples drawn per image)."""
+        from adaptkit.uncertainty import check_estimator
+
+        chosen = {**self.inference, "uncertainty": None, **{k: v for k, v in asked.items() if v is not None}}
         self.check_inference(chosen["steps"], chosen["guidance"])
         if chosen["ensemble"] < 1 or chosen["batch_size"] < 1:
             raise AdapterError(f"ensemble and batch size must be >= 1 (asked for ensemble={chosen['ensemble']}, "
                                f"batch size={chosen['batch_size']})")
         chosen["deterministic"] = self.objective == "single_step"
         chosen["members"] = 1 if chosen["deterministic"] else chosen["ensemble"]
+        if chosen["uncertainty"] is not None:
+            check_estimator(self.codec, chosen["uncertainty"], chosen["deterministic"], chosen["members"])
         return chosen
 
     def predict_members(self, arrays: Sequence[np.ndarray], indices: Sequence[int],
