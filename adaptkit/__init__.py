@@ -41,9 +41,12 @@ if TYPE_CHECKING:  # exactly the names of `_EXPORTS` (tests/test_api.py checks i
     from adaptkit.inference import Placement, PredictionError, builtin_task, evaluate, predict_files
     from adaptkit.memory import estimate_memory
     from adaptkit.metrics import build_metrics
+    from adaptkit.metrics.uncertainty import ErrorAUROC
     from adaptkit.recipe import Recipe, RecipeError, load_recipe
+    from adaptkit.suggest import SuggestError, SuggestReport, suggest_labels
     from adaptkit.sweep import SweepError
     from adaptkit.training import TrainingError, TrainingInterrupted, train
+    from adaptkit.uncertainty import UncertaintyError
 
 _EXPORTS = {
     "Generalist": "adaptkit.generalist",
@@ -59,6 +62,9 @@ _EXPORTS = {
     "evaluate": "adaptkit.inference",
     "predict_files": "adaptkit.inference",
     "builtin_task": "adaptkit.inference",
+    "suggest_labels": "adaptkit.suggest",
+    "SuggestReport": "adaptkit.suggest",
+    "ErrorAUROC": "adaptkit.metrics.uncertainty",
     "estimate_memory": "adaptkit.memory",
     "Placement": "adaptkit.inference",
     "PredictionError": "adaptkit.inference",
@@ -75,6 +81,8 @@ _EXPORTS = {
     "TrainingInterrupted": "adaptkit.training",
     "SweepError": "adaptkit.sweep",
     "CurveError": "adaptkit.curve",
+    "SuggestError": "adaptkit.suggest",
+    "UncertaintyError": "adaptkit.uncertainty",
     "HubError": "adaptkit.hub",
 }
 
@@ -114,7 +122,7 @@ __all__ = [
     "load_generalist",
     "load_recipe",
     "predict_files",
-    "suggest",
+    "suggest_labels",
     "train",
 ]
 

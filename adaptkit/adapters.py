@@ -301,7 +301,7 @@ class AdaptedModel:
 
     def predict(self, images: ImageLike | Sequence[ImageLike], **kwargs: Any) -> list[Any]:
         """Decoded task outputs (masks, depth maps, instances, ...) at each input's own size."""
-        return [self.codec.decode(combine_ensemble(self.codec, members))
+        return [self.codec.decode(self.codec.combine([m.image for m in members]))
                 for members in self.predict_encoded(images, **kwargs)]
 
 
@@ -317,19 +317,3 @@ def load_adapters(adapters: Sequence[str | Path], device: torch.device | str | N
             bases[key] = load_base(meta, device)
         models.append(AdaptedModel.from_pretrained(folder, generalist=bases[key]))
     return models
-
-
-def combine_ensemble(codec: Codec, members: list[Prediction]) -> np.ndarray:
-    """One colour image from several samples: the mean for continuous codecs, a per-pixel vote otherwise.
-
-    A vote over colour images is the medoid colour per pixel (the member colour closest to the
-    others), which keeps decoded labels crisp where a mean would blend two classes' colours.
-    """
-    stack = np.stack([m.image for m in members])
-    if len(members) == 1:
-        return stack[0]
-    if codec.resample == "bilinear":
-        return stack.mean(axis=0)
-    distances = np.abs(stack[:, None] - stack[None]).sum(axis=(1, -1))  # (K, H, W)
-    best = distances.argmin(axis=0)
-    return np.take_along_axis(stack, best[None, ..., None], axis=0)[0]

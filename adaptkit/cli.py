@@ -275,13 +275,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     """Rank unlabelled images by how much labelling each would help the adapter; write the best --n."""
-    from adaptkit.suggest import suggest
+    from adaptkit.suggest import suggest_labels
 
     settings = _inference_settings(args)
     beside = Path(args.adapter).is_dir()  # a Hub id's folder is the read-only cache: not there
     out = Path(args.out or (Path(args.adapter).parent / "suggested" if beside else "suggested"))
     model = _load_model(args.adapter, None, args.base, args.class_name, _load_device(args))
-    report = suggest(model, args.inputs, args.n, out, recursive=args.recursive, workers=args.workers,
+    report = suggest_labels(model, args.inputs, args.n, out, recursive=args.recursive, workers=args.workers,
                      where=_placement(args), batch_size=args.batch_size, **settings)
     if not report.is_global_zero:
         return 0

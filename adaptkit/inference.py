@@ -36,6 +36,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from adaptkit.adapters import AdaptedModel, AdapterError, combine_ensemble
+from adaptkit.adapters import AdaptedModel, AdapterError
 from adaptkit.bases import load_generalist
 from adaptkit.codecs import CodecError, TargetNote, build_codec
 from adaptkit.data import DataError, DataSource, Sample, _open_dataset, require_known, source_name
@@ -350,6 +351,11 @@ def _one_line(error: BaseException) -> str:
     return text if isinstance(error, AdaptkitError) else f"{type(error).__name__}: {text}"
 
 
+def _predict_again(model: AdaptedModel, indices: list[int], chosen: dict[str, Any], arrays: list[np.ndarray],
+                   points: list[Any]) -> list[list[Prediction]]:
+    return model.predict_members(arrays, indices, points, chosen)
+
+
 class PredictModule(L.LightningModule):
     """The models of a run on one generalist: each step predicts one batch with every model."""
 
@@ -382,9 +388,10 @@ class PredictModule(L.LightningModule):
                 for found, mapped, model, chosen in zip(members, maps, self.models, self.sampling, strict=True):
                     drawn = model.predict_members(arrays, indices, points, chosen)
                     found.update(zip(indices, drawn, strict=True))
-                    if chosen["uncertainty"]:
-                        mapped.update(zip(indices, estimate(model, chosen["uncertainty"], arrays, indices, points,
-                                                            chosen, drawn), strict=True))
+                    if chosen["uncertainty"]:  # `flips` predicts the mirrored batch in the same places
+                        again = partial(_predict_again, model, indices, chosen)
+                        mapped.update(zip(indices, estimate(model.codec, chosen["uncertainty"], again, arrays, points,
+                                                            drawn), strict=True))
             return Predicted(batch, members, uncertainty=maps)
         except Exception as error:  # reported at the exchange, so the other ranks stop too (see BatchWriter)
             return Predicted(batch, [], f"predicting {', '.join(str(i.index) for i in batch)}: {_one_line(error)}")
@@ -624,7 +631,7 @@ class _FileWriter(BatchWriter):
         temporary names in the scratch folder, then renamed into place; the files' paths relative to the
         job's folder."""
         codec = job.model.codec
-        image = combine_ensemble(codec, members)
+        image = codec.combine([m.image for m in members])
         self.count += 1
         temporary = job.scratch / f"{self.rank}-{os.getpid()}-{self.count}"
         made = codec.save(codec.decode(image), temporary)
@@ -782,7 +789,7 @@ class _MetricWriter(BatchWriter):
             if item.problem:
                 self.skipped[item.index] = item.problem
                 continue
-            image = combine_ensemble(codec, prediction.members[0][item.index])
+            image = codec.combine([m.image for m in prediction.members[0][item.index]])
             self.collection.update(codec.decode(image), item.target)
             self.scored.append(item.index)
             pictures = [item.image, image, codec.encode(item.target)]

@@ -129,7 +129,7 @@ class _ScoreWriter(BatchWriter):
         self.skipped = {i: reason for _, skipped in gathered for i, reason in skipped.items()}
 
 
-def suggest(model: AdaptedModel, inputs: Sequence[str], count: int, out: str | Path, *,
+def suggest_labels(model: AdaptedModel, inputs: Sequence[str], count: int, out: str | Path, *,
             uncertainty: str = DEFAULT_ESTIMATOR, recursive: bool = False, split: str = "train",
             image_column: str = "image", workers: int = 0, where: Placement | None = None, progress: bool = True,
             **settings: Any) -> SuggestReport:

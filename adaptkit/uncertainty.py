@@ -17,7 +17,7 @@ The prediction itself never changes with the estimator: the map is written besid
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,6 @@ import numpy as np
 from adaptkit.errors import AdaptkitError
 
 if TYPE_CHECKING:  # imported where used: the CLI reads ESTIMATORS to build its parser, and starts fast
-    from adaptkit.adapters import AdaptedModel
     from adaptkit.codecs import Codec
     from adaptkit.generalist import Prediction
 
@@ -90,22 +89,24 @@ def _mirrored_points(points: Sequence[Sequence[float]] | None, width: int) -> li
     return None if points is None else [[width - 1 - x, y] for x, y in points]
 
 
-def estimate(model: AdaptedModel, estimator: str, arrays: Sequence[np.ndarray], indices: Sequence[int],
-             points: Sequence[Sequence[Sequence[float]] | None], chosen: dict[str, Any],
-             members: Sequence[list[Prediction]]) -> list[np.ndarray]:
-    """One batch's maps (see the module docstring), given the batch's own predictions `members`."""
-    from adaptkit.adapters import combine_ensemble
+#: Predicts a batch again (the same images' places and seeds): float RGB arrays and their point prompts ->
+#: per image, its ensemble members.
+Repredict = Callable[[list[np.ndarray], list[list[list[float]] | None]], Sequence[list["Prediction"]]]
 
-    codec = model.codec
+
+def estimate(codec: Codec, estimator: str, predict: Repredict, arrays: Sequence[np.ndarray],
+             points: Sequence[Sequence[Sequence[float]] | None], members: Sequence[list[Prediction]],
+             ) -> list[np.ndarray]:
+    """One batch's maps (see the module docstring), given the batch's own predictions `members`; `flips`
+    predicts the mirrored images with `predict`."""
     if estimator == "samples":
         return [spread([m.image for m in drawn]) for drawn in members]
-    combined = [combine_ensemble(codec, drawn) for drawn in members]
+    combined = [codec.combine([m.image for m in drawn]) for drawn in members]
     if estimator == "margin":
         return [margin(codec, image) for image in combined]
-    flipped = model.predict_members([np.ascontiguousarray(a[:, ::-1]) for a in arrays], indices,
-                                    [_mirrored_points(p, a.shape[1]) for p, a in zip(points, arrays, strict=True)],
-                                    chosen)
-    return [spread([image, mirrored(codec, combine_ensemble(codec, drawn))])
+    flipped = predict([np.ascontiguousarray(a[:, ::-1]) for a in arrays],
+                      [_mirrored_points(p, a.shape[1]) for p, a in zip(points, arrays, strict=True)])
+    return [spread([image, mirrored(codec, codec.combine([m.image for m in drawn]))])
             for image, drawn in zip(combined, flipped, strict=True)]
 
 

@@ -35,7 +35,7 @@ from adaptkit.generalist import Generalist
 from adaptkit.images import to_pil
 from adaptkit.inference import evaluate
 from adaptkit.recipe import Recipe
-from adaptkit.suggest import suggest
+from adaptkit.suggest import suggest_labels
 from adaptkit.training import lend, train
 
 HELD_OUT = ("cells", "lungs", "nearest", "shadow")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, task: str, seed: int, base: Generalist) -> dic
             to_pil(source.load(id).image).save(folder / f"{id}.png")
         with lend(base):
             model = AdaptedModel.from_pretrained(first, generalist=base)
-            report = suggest(model, [str(folder)], args.suggested, scratch / "suggest", progress=False)
+            report = suggest_labels(model, [str(folder)], args.suggested, scratch / "suggest", progress=False)
         picked = [Path(s.source).stem for s in report.suggested]
         drawn = list(np.random.default_rng(seed).choice(unlabelled, args.suggested, replace=False))
         row = {"task": task, "seed": seed, "first": test_iou(base, first, recipe, splits.test),
