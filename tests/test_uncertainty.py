@@ -156,3 +156,19 @@ def test_eval_scores_the_maps_against_the_wrong_pixels_and_shows_them_in_the_gri
     assert {k: v for k, v in report.metrics.items() if k != "error_auroc"} == plain.metrics
     grid = Image.open(tmp_path / "eval" / "grid.png")
     assert grid.size == (4 * 128 + 3 * 2, 18 + 5 * 130 - 2)  # input, prediction, target, uncertainty
+
+
+def test_eval_on_the_command_line_reports_the_auroc_of_the_chosen_estimator(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "masks").mkdir(parents=True)
+    for index in range(3):
+        _image(data / "images" / f"{index}.png", index, (16, 16))
+        mask = np.zeros((16, 16), np.uint8)
+        mask[index * 4:, :8] = 255
+        Image.fromarray(mask).save(data / "masks" / f"{index}.png")
+    code, out, err = _cli(capsys, "eval", "--task", *TINY, "--data", data, "--out", tmp_path / "eval",
+                          "--uncertainty", "flips")
+    assert code == 0, err
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert record["uncertainty"] == "flips" and 0.0 <= record["metrics"]["error_auroc"] <= 1.0
+    assert "| error_auroc |" in out and "| error_auroc |" in (tmp_path / "eval" / "report.md").read_text()
