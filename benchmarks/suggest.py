@@ -11,6 +11,7 @@ t-interval over the seeds (and over every task and seed at the end). A gain whos
 evidence that suggestion helps. Run:
 
     python benchmarks/suggest.py [--tasks cells lungs nearest shadow] [--seeds 0 1 2] [--steps 100]
+                                 [--uncertainty flips]
     python benchmarks/suggest.py --base tiny --quick      # smoke test: tiny random base, a few steps
 
 Writes ``benchmarks/results/{--name}.json`` (default ``suggest``; ``suggest_quick`` with --quick).
@@ -37,6 +38,7 @@ from adaptkit.inference import evaluate
 from adaptkit.recipe import Recipe
 from adaptkit.suggest import suggest_labels
 from adaptkit.training import lend, train
+from adaptkit.uncertainty import DEFAULT_ESTIMATOR, ESTIMATORS
 
 HELD_OUT = ("cells", "lungs", "nearest", "shadow")
 
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace, task: str, seed: int, base: Generalist) -> dic
             to_pil(source.load(id).image).save(folder / f"{id}.png")
         with lend(base):
             model = AdaptedModel.from_pretrained(first, generalist=base)
-            report = suggest_labels(model, [str(folder)], args.suggested, scratch / "suggest", progress=False)
+            report = suggest_labels(model, [str(folder)], args.suggested, scratch / "suggest",
+                                    uncertainty=args.uncertainty, progress=False)
         picked = [Path(s.source).stem for s in report.suggested]
         drawn = list(np.random.default_rng(seed).choice(unlabelled, args.suggested, replace=False))
         row = {"task": task, "seed": seed, "first": test_iou(base, first, recipe, splits.test),
@@ -118,6 +121,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=50)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--uncertainty", default=DEFAULT_ESTIMATOR, choices=ESTIMATORS)
     parser.add_argument("--quick", action="store_true", help="a few steps and images: checks the script runs")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()

@@ -57,7 +57,7 @@ def test_suggest_ranks_a_folder_by_the_maps_predict_writes_and_writes_what_a_use
     assert len(chosen) == len(set(chosen)) == 4 and all(Path(p).is_file() for p in chosen)
     assert not {str(pool / "3.png"), str(pool / "3-copy.png")} <= set(chosen)  # one copy at most
     record = json.loads((tmp_path / "s" / "suggested.json").read_text())
-    assert record["uncertainty"] == "margin" and [s["source"] for s in record["suggested"]] == chosen
+    assert record["uncertainty"] == "flips" and [s["source"] for s in record["suggested"]] == chosen
     # independently: each image's mean uncertainty from the maps `predict --uncertainty` writes
     assert _cli(capsys, "predict", "segmentation", pool, "--out", tmp_path / "maps", "--uncertainty", *TINY)[0] == 0
     means = {str(pool / f"{p.name.split('.')[0]}.png"): float(load_map(p).mean())
