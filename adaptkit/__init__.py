@@ -7,6 +7,8 @@ The public API, one name per concept (each module's docstring says why it is sha
 - `build_codec`, `list_codecs`: how a task's target becomes an RGB image and back (`adaptkit.codecs`).
 - `load_recipe`, `Recipe`: a task's YAML recipe, validated (`adaptkit.recipe`).
 - `train`: a LoRA adapter from a recipe (`adaptkit.training`).
+- `learning_curve`, `CurveResult`: how many labelled images a task needs, from adapters trained on nested subsets
+  of growing size, with intervals and a fitted power law (`adaptkit.curve`).
 - `AdaptedModel`: an adapter folder loaded onto its generalist, to predict (`adaptkit.adapters`).
 - `evaluate`, `predict_files`, `builtin_task`, `Placement`: scoring and writing predictions, streamed, resumable and
   on any devices Lightning reaches (`adaptkit.inference`).
@@ -31,6 +33,7 @@ if TYPE_CHECKING:  # exactly the names of `_EXPORTS` (tests/test_api.py checks i
     from adaptkit.adapters import AdaptedModel, AdapterError
     from adaptkit.bases import load_generalist
     from adaptkit.codecs import CodecError, build_codec, list_codecs
+    from adaptkit.curve import CurveError, CurveResult, learning_curve
     from adaptkit.data import DataError, Sample
     from adaptkit.errors import AdaptkitError, FileError
     from adaptkit.generalist import CheckpointError, Generalist
@@ -38,9 +41,12 @@ if TYPE_CHECKING:  # exactly the names of `_EXPORTS` (tests/test_api.py checks i
     from adaptkit.inference import Placement, PredictionError, builtin_task, evaluate, predict_files
     from adaptkit.memory import estimate_memory
     from adaptkit.metrics import build_metrics
+    from adaptkit.metrics.uncertainty import ErrorAUROC
     from adaptkit.recipe import Recipe, RecipeError, load_recipe
+    from adaptkit.suggest import SuggestError, SuggestReport, suggest_labels
     from adaptkit.sweep import SweepError
     from adaptkit.training import TrainingError, TrainingInterrupted, train
+    from adaptkit.uncertainty import UncertaintyError
 
 _EXPORTS = {
     "Generalist": "adaptkit.generalist",
@@ -50,10 +56,15 @@ _EXPORTS = {
     "Recipe": "adaptkit.recipe",
     "load_recipe": "adaptkit.recipe",
     "train": "adaptkit.training",
+    "learning_curve": "adaptkit.curve",
+    "CurveResult": "adaptkit.curve",
     "AdaptedModel": "adaptkit.adapters",
     "evaluate": "adaptkit.inference",
     "predict_files": "adaptkit.inference",
     "builtin_task": "adaptkit.inference",
+    "suggest_labels": "adaptkit.suggest",
+    "SuggestReport": "adaptkit.suggest",
+    "ErrorAUROC": "adaptkit.metrics.uncertainty",
     "estimate_memory": "adaptkit.memory",
     "Placement": "adaptkit.inference",
     "PredictionError": "adaptkit.inference",
@@ -69,6 +80,9 @@ _EXPORTS = {
     "TrainingError": "adaptkit.training",
     "TrainingInterrupted": "adaptkit.training",
     "SweepError": "adaptkit.sweep",
+    "CurveError": "adaptkit.curve",
+    "SuggestError": "adaptkit.suggest",
+    "UncertaintyError": "adaptkit.uncertainty",
     "HubError": "adaptkit.hub",
 }
 
@@ -79,7 +93,10 @@ __all__ = [
     "AdaptkitError",
     "CheckpointError",
     "CodecError",
+    "CurveError",
+    "CurveResult",
     "DataError",
+    "ErrorAUROC",
     "FileError",
     "Generalist",
     "HubError",
@@ -88,19 +105,24 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "Sample",
+    "SuggestError",
+    "SuggestReport",
     "SweepError",
     "TrainingError",
     "TrainingInterrupted",
+    "UncertaintyError",
     "__version__",
     "build_codec",
     "build_metrics",
     "builtin_task",
     "estimate_memory",
     "evaluate",
+    "learning_curve",
     "list_codecs",
     "load_generalist",
     "load_recipe",
     "predict_files",
+    "suggest_labels",
     "train",
 ]
 

@@ -271,14 +271,19 @@ class AdaptedModel:
 
     def sampling(self, **asked: Any) -> dict[str, Any]:
         """The sampling settings a call uses: those `asked` (steps, guidance, seed, ensemble, batch_size; None
-        keeps the adapter's), checked, plus `deterministic` and `members` (samples drawn per image)."""
-        chosen = {**self.inference, **{k: v for k, v in asked.items() if v is not None}}
+        keeps the adapter's; `uncertainty`, an estimator of `adaptkit.uncertainty` or None for no map), checked,
+        plus `deterministic` and `members` (samples drawn per image)."""
+        from adaptkit.uncertainty import check_estimator
+
+        chosen = {**self.inference, "uncertainty": None, **{k: v for k, v in asked.items() if v is not None}}
         self.check_inference(chosen["steps"], chosen["guidance"])
         if chosen["ensemble"] < 1 or chosen["batch_size"] < 1:
             raise AdapterError(f"ensemble and batch size must be >= 1 (asked for ensemble={chosen['ensemble']}, "
                                f"batch size={chosen['batch_size']})")
         chosen["deterministic"] = self.objective == "single_step"
         chosen["members"] = 1 if chosen["deterministic"] else chosen["ensemble"]
+        if chosen["uncertainty"] is not None:
+            check_estimator(self.codec, chosen["uncertainty"], chosen["deterministic"], chosen["members"])
         return chosen
 
     def predict_members(self, arrays: Sequence[np.ndarray], indices: Sequence[int],
@@ -296,7 +301,7 @@ class AdaptedModel:
 
     def predict(self, images: ImageLike | Sequence[ImageLike], **kwargs: Any) -> list[Any]:
         """Decoded task outputs (masks, depth maps, instances, ...) at each input's own size."""
-        return [self.codec.decode(combine_ensemble(self.codec, members))
+        return [self.codec.decode(self.codec.combine([m.image for m in members]))
                 for members in self.predict_encoded(images, **kwargs)]
 
 
@@ -312,19 +317,3 @@ def load_adapters(adapters: Sequence[str | Path], device: torch.device | str | N
             bases[key] = load_base(meta, device)
         models.append(AdaptedModel.from_pretrained(folder, generalist=bases[key]))
     return models
-
-
-def combine_ensemble(codec: Codec, members: list[Prediction]) -> np.ndarray:
-    """One colour image from several samples: the mean for continuous codecs, a per-pixel vote otherwise.
-
-    A vote over colour images is the medoid colour per pixel (the member colour closest to the
-    others), which keeps decoded labels crisp where a mean would blend two classes' colours.
-    """
-    stack = np.stack([m.image for m in members])
-    if len(members) == 1:
-        return stack[0]
-    if codec.resample == "bilinear":
-        return stack.mean(axis=0)
-    distances = np.abs(stack[:, None] - stack[None]).sum(axis=(1, -1))  # (K, H, W)
-    best = distances.argmin(axis=0)
-    return np.take_along_axis(stack, best[None, ..., None], axis=0)[0]

@@ -105,6 +105,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      study_name=args.study, workers=args.workers, worker=args.worker)
 
 
+def cmd_curve(args: argparse.Namespace) -> int:
+    """How many labelled images the task needs: a learning curve over shot counts, with intervals and a fit."""
+    from adaptkit.curve import run_curve
+
+    return run_curve(args.recipe, args.overrides, out=args.out, shots=args.shots, repeats=args.repeats,
+                     metric=args.metric, target=args.target)
+
+
 def _load_model(target: str | None, task: str | None, base: str, class_name: str = "",
                 device: str | None = None) -> AdaptedModel:
     """An adapter folder / Hub id, or a built-in task of `base` (no adapter: the zero-shot baseline)."""
@@ -120,7 +128,8 @@ def _load_model(target: str | None, task: str | None, base: str, class_name: str
 
 
 def _inference_settings(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in ("steps", "guidance", "ensemble", "seed") if getattr(args, k) is not None}
+    return {k: getattr(args, k) for k in ("steps", "guidance", "ensemble", "seed", "uncertainty")
+            if getattr(args, k, None) is not None}
 
 
 def _placement(args: argparse.Namespace):  # -> adaptkit.inference.Placement (imported lazily)
@@ -264,6 +273,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    """Rank unlabelled images by how much labelling each would help the adapter; write the best --n."""
+    from adaptkit.suggest import suggest_labels
+
+    settings = _inference_settings(args)
+    beside = Path(args.adapter).is_dir()  # a Hub id's folder is the read-only cache: not there
+    out = Path(args.out or (Path(args.adapter).parent / "suggested" if beside else "suggested"))
+    model = _load_model(args.adapter, None, args.base, args.class_name, _load_device(args))
+    report = suggest_labels(model, args.inputs, args.n, out, recursive=args.recursive, workers=args.workers,
+                     where=_placement(args), batch_size=args.batch_size, **settings)
+    if not report.is_global_zero:
+        return 0
+    for path, reason in report.skipped.items():
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for suggestion in report.suggested[:10]:
+        print(f"{suggestion.rank:4d}. {suggestion.source}  (uncertainty {suggestion.uncertainty:.3f})")
+    if len(report.suggested) > 10:
+        print(f"      ... {len(report.suggested) - 10} more")
+    print(report.summary(out))
+    return 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     """Upload an adapter folder (with its card, evaluation grid and curve) to a Hub model repo."""
     from adaptkit.hub import push
@@ -396,6 +427,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one GPU each)")
     sweep.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set on the processes it starts
 
+    curve = add("curve", cmd_curve, "how many labelled images does the task need? train and test adapters on "
+                                    "nested subsets of growing size, with bootstrap intervals and a fitted power law")
+    curve.add_argument("recipe", help="a recipe YAML file or the name of a bundled recipe")
+    curve.add_argument("overrides", nargs="*", help=overrides_help)
+    curve.add_argument("--shots", type=int, nargs="+", default=None, metavar="K",
+                       help="training images per point, each at most data.train_shots (default: 5 10 25 50)")
+    curve.add_argument("--repeats", type=int, default=None,
+                       help="subsets (and training seeds) per shot count (default: 3)")
+    curve.add_argument("--metric", default=None, help="the test metric (default: the recipe's monitored one)")
+    curve.add_argument("--target", type=float, default=None,
+                       help="the metric value to find the number of images for (default: within 5%% of the fitted "
+                            "ceiling)")
+    curve.add_argument("--out", default=None, help="output folder (default: runs/RECIPE_NAME-curve); re-run to resume")
+
+    from adaptkit.uncertainty import DEFAULT_ESTIMATOR, ESTIMATORS
+
     def add_inference_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--base", default="default", help="generalist for a built-in task (default: the embedded one)")
         sub.add_argument("--class-name", default="", help="class name for the built-in semantic task")
@@ -403,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: adapter's)")
         sub.add_argument("--ensemble", type=int, default=None, help="average K samples (continuous) or vote (masks)")
         sub.add_argument("--seed", type=int, default=None, help="sampling seed (default: the adapter's)")
+        sub.add_argument("--uncertainty", nargs="?", const=DEFAULT_ESTIMATOR, default=None, choices=ESTIMATORS,
+                         help=f"also a per-pixel uncertainty map, by {', '.join(ESTIMATORS)} (default "
+                              f"{DEFAULT_ESTIMATOR}; see the README)")
         sub.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the adapter's)")
         sub.add_argument("--workers", type=int, default=0,
                          help="processes that decode inputs ahead of the model (default 0: the main process)")
@@ -440,6 +490,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--image-column", default="image", help="the image column of a dataset input "
                                                                  "(default image)")
     add_inference_options(predict)
+
+    suggest = add("suggest", cmd_suggest, "which images to label next: rank unlabelled images by the adapter's "
+                                          "uncertainty, with diversity, and write the best --n")
+    suggest.add_argument("adapter", help="adapter folder or Hub id")
+    suggest.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="the unlabelled images: files, folders, glob patterns, @FILE, hf:DATASET")
+    suggest.add_argument("--n", type=int, required=True, help="how many images to suggest")
+    suggest.add_argument("--out", default=None,
+                         help="output folder for suggested.txt/.json/.png (default: beside the adapter)")
+    suggest.add_argument("--recursive", action="store_true", help="take images in the folders' sub-folders too")
+    add_inference_options(suggest)
 
     push = add("push", cmd_push, "upload an adapter to a Hugging Face Hub model repo (created if needed)")
     push.add_argument("adapter", help="an adapter folder (runs/NAME/adapter, or a sweep's best/)")

@@ -7,7 +7,7 @@ larger than memory, on whatever Lightning reaches (one CPU, 8 GPUs, several mach
 * **Streamed.** The collection is cut into fixed batches (`plan_batches`); a `DataLoader` decodes each batch
   when it is needed (in worker processes with `workers`), it is predicted, and written or scored at once, so
   memory stays flat however many inputs there are.
-* **Distributed on Lightning.** `Trainer.predict` runs `_PredictModule`; each rank takes whole batches
+* **Distributed on Lightning.** `Trainer.predict` runs `PredictModule`; each rank takes whole batches
   (`shard`: batch b goes to rank b mod W, padded with empty batches so every rank runs as many steps) and a
   `BasePredictionWriter` writes what that rank made. A batch is the same set of images whichever rank runs
   it and image i draws from seed + i, so one process and many give byte-identical outputs. After every batch
@@ -36,6 +36,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from adaptkit.adapters import AdaptedModel, AdapterError, combine_ensemble
+from adaptkit.adapters import AdaptedModel, AdapterError
 from adaptkit.bases import load_generalist
 from adaptkit.codecs import CodecError, TargetNote, build_codec
 from adaptkit.data import DataError, DataSource, Sample, _open_dataset, require_known, source_name
@@ -56,8 +57,10 @@ from adaptkit.files import read_json, writable_folder, write_atomic
 from adaptkit.generalist import Generalist, Prediction
 from adaptkit.images import IMAGE_SUFFIXES, to_pil, to_rgb_array
 from adaptkit.metrics import build_codec_metrics
+from adaptkit.metrics.uncertainty import ErrorAUROC
 from adaptkit.tasks import builtin_task_names, find_builtin_task
 from adaptkit.training import _quiet_lightning, placement
+from adaptkit.uncertainty import estimate, heat, save_map, wrong_pixels
 
 #: Inside an output folder: the journals and temporary files of a run that has not finished yet.
 PROGRESS_FOLDER = ".adaptkit-predict"
@@ -277,7 +280,7 @@ def shard(batches: Sequence[int], rank: int, world: int) -> list[int | None]:
     return mine + [None] * (steps - len(mine))
 
 
-class _ReadImage:
+class ReadImage:
     """Decodes input i of a listing (in a worker): an unreadable one comes back with the reason, never raises."""
 
     def __init__(self, listing: InputListing) -> None:
@@ -333,13 +336,14 @@ def _as_is(batch: list[Decoded]) -> list[Decoded]:
 
 
 @dataclass
-class _Predicted:
+class Predicted:
     """What one step hands its writer: the batch, per model per usable input its ensemble members, or why the
     step failed (a failure travels to the writer so that every rank still meets at the per-batch exchange)."""
 
     batch: list[Decoded]
     members: list[dict[int, list[Prediction]]]
     failure: str = ""
+    uncertainty: list[dict[int, np.ndarray]] = field(default_factory=list)  # per model (those asked for one)
 
 
 def _one_line(error: BaseException) -> str:
@@ -347,7 +351,12 @@ def _one_line(error: BaseException) -> str:
     return text if isinstance(error, AdaptkitError) else f"{type(error).__name__}: {text}"
 
 
-class _PredictModule(L.LightningModule):
+def _predict_again(model: AdaptedModel, indices: list[int], chosen: dict[str, Any], arrays: list[np.ndarray],
+                   points: list[Any]) -> list[list[Prediction]]:
+    return model.predict_members(arrays, indices, points, chosen)
+
+
+class PredictModule(L.LightningModule):
     """The models of a run on one generalist: each step predicts one batch with every model."""
 
     def __init__(self, models: list[AdaptedModel], sampling: list[dict[str, Any]], read: Callable[[int], Decoded],
@@ -367,22 +376,28 @@ class _PredictModule(L.LightningModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # numpy pixels; the generalist moves its own tensors
 
-    def predict_step(self, batch: list[Decoded], batch_idx: int) -> _Predicted:
+    def predict_step(self, batch: list[Decoded], batch_idx: int) -> Predicted:
         try:
             usable = [item for item in batch if item.image is not None]
             members: list[dict[int, list[Prediction]]] = [{} for _ in self.models]
+            maps: list[dict[int, np.ndarray]] = [{} for _ in self.models]
             if usable:
                 arrays = [item.image for item in usable]
                 indices = [item.index for item in usable]
                 points = [item.points for item in usable]
-                for found, model, chosen in zip(members, self.models, self.sampling, strict=True):
-                    found.update(zip(indices, model.predict_members(arrays, indices, points, chosen), strict=True))
-            return _Predicted(batch, members)
-        except Exception as error:  # reported at the exchange, so the other ranks stop too (see _Writer)
-            return _Predicted(batch, [], f"predicting {', '.join(str(i.index) for i in batch)}: {_one_line(error)}")
+                for found, mapped, model, chosen in zip(members, maps, self.models, self.sampling, strict=True):
+                    drawn = model.predict_members(arrays, indices, points, chosen)
+                    found.update(zip(indices, drawn, strict=True))
+                    if chosen["uncertainty"]:  # `flips` predicts the mirrored batch in the same places
+                        again = partial(_predict_again, model, indices, chosen)
+                        mapped.update(zip(indices, estimate(model.codec, chosen["uncertainty"], again, arrays, points,
+                                                            drawn), strict=True))
+            return Predicted(batch, members, uncertainty=maps)
+        except Exception as error:  # reported at the exchange, so the other ranks stop too (see BatchWriter)
+            return Predicted(batch, [], f"predicting {', '.join(str(i.index) for i in batch)}: {_one_line(error)}")
 
 
-class _Writer(BasePredictionWriter):
+class BatchWriter(BasePredictionWriter):
     """Consumes each batch on its rank, then meets the other ranks (one small message each: images done and
     failure, if any), so rank 0's bar counts the whole run and a failure anywhere stops every rank at the
     same batch with the same line. Subclasses say what consuming a batch is (`consume`) and what ends a run
@@ -419,7 +434,7 @@ class _Writer(BasePredictionWriter):
                                   "so far is kept: rerun the same command to continue") from None
         return gathered
 
-    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: _Predicted,
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Predicted,
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
         failure = prediction.failure
@@ -447,7 +462,7 @@ class _Writer(BasePredictionWriter):
             self.bar.close()
             self.bar = None
 
-    def consume(self, prediction: _Predicted) -> None:
+    def consume(self, prediction: Predicted) -> None:
         raise NotImplementedError
 
 
@@ -460,7 +475,7 @@ def _outlive(parent: int, limit_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def _run(module: _PredictModule, writer: _Writer, where: Placement) -> None:
+def run_prediction(module: PredictModule, writer: BatchWriter, where: Placement) -> None:
     """`Trainer.predict` of `module` with `writer` on `where`."""
     chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ...", tips
     level = chatter.level
@@ -522,7 +537,8 @@ def _record_settings(model: AdaptedModel, chosen: dict[str, Any], raw: bool) -> 
     return {"adapter": meta.name if meta else None, "adapter_sha256": meta.weights_sha256 if meta else None,
             "prompt": model.prompt,  # an adapter's recorded base: the live one also carries the other adapters
             "base_fingerprint": meta.base_fingerprint if meta else model.generalist.fingerprint(),
-            **{key: chosen[key] for key in ("steps", "guidance", "ensemble", "seed", "batch_size")}, "raw": raw}
+            **{key: chosen[key] for key in ("steps", "guidance", "ensemble", "seed", "batch_size", "uncertainty")},
+            "raw": raw}
 
 
 def _open_job(model: AdaptedModel, out: Path, raw: bool, settings: dict[str, Any], overwrite: bool) -> _Job:
@@ -567,7 +583,7 @@ def _open_job(model: AdaptedModel, out: Path, raw: bool, settings: dict[str, Any
     return _Job(model, out, raw, settings, complete, unreadable)
 
 
-class _FileWriter(_Writer):
+class _FileWriter(BatchWriter):
     """Writes each model's native outputs into its folder (atomically), journals them, and on rank 0 merges
     every rank's record into predictions.json at the end."""
 
@@ -585,18 +601,18 @@ class _FileWriter(_Writer):
                 write_atomic(job.scratch / "settings.json", json.dumps(job.settings, indent=2) + "\n")
             job.journal = (job.scratch / f"rank{self.rank}-{uuid.uuid4().hex[:8]}.jsonl").open("a")
 
-    def consume(self, prediction: _Predicted) -> None:
+    def consume(self, prediction: Predicted) -> None:
         for item in prediction.batch:
             if item.problem:
                 self.skipped[item.index] = item.problem
                 source = self.listing.items[item.index].source
                 for job in self.jobs:
                     self.journal(job, {"source": source, "skipped": item.problem})
-        for job, members in zip(self.jobs, prediction.members, strict=True):
+        for job, members, maps in zip(self.jobs, prediction.members, prediction.uncertainty, strict=True):
             for index, drawn in members.items():
                 name = self.listing.items[index].name
                 try:
-                    files = self.write(job, name, drawn)
+                    files = self.write(job, name, drawn, maps.get(index))
                 except OSError as error:
                     raise PredictionError(self.unwritable(job, error)) from None
                 job.written[index] = files
@@ -610,17 +626,20 @@ class _FileWriter(_Writer):
         except OSError as error:
             raise PredictionError(self.unwritable(job, error)) from None
 
-    def write(self, job: _Job, name: str, members: list[Prediction]) -> list[str]:
-        """One input's outputs under temporary names in the scratch folder, then renamed into place; the
-        files' paths relative to the job's folder. (Per-image outputs beside the prediction go here.)"""
+    def write(self, job: _Job, name: str, members: list[Prediction], uncertainty: np.ndarray | None) -> list[str]:
+        """One input's outputs (the prediction, its colour image with `raw`, its uncertainty map) under
+        temporary names in the scratch folder, then renamed into place; the files' paths relative to the
+        job's folder."""
         codec = job.model.codec
-        image = combine_ensemble(codec, members)
+        image = codec.combine([m.image for m in members])
         self.count += 1
         temporary = job.scratch / f"{self.rank}-{os.getpid()}-{self.count}"
         made = codec.save(codec.decode(image), temporary)
         if job.raw:
             to_pil(image).save(f"{temporary}.encoded.png")
             made.append(Path(f"{temporary}.encoded.png"))
+        if uncertainty is not None:
+            made.append(save_map(uncertainty, Path(f"{temporary}.uncertainty.png")))
         files = []
         for path in made:
             target = job.out / f"{name}{path.name[len(temporary.name):]}"
@@ -672,7 +691,7 @@ class _FileWriter(_Writer):
 def _pending(listing: InputListing, batches: list[list[int]], jobs: list[_Job]) -> list[int]:
     """The batches a run must predict: those with an input some folder lacks. An input an earlier run found
     unreadable counts as done only while it still is (it is tried again here, alone: a fixed file is redone)."""
-    read, pending = _ReadImage(listing), []
+    read, pending = ReadImage(listing), []
     for number, batch in enumerate(batches):
         for index in batch:
             item = listing.items[index]
@@ -711,7 +730,7 @@ def predict_files(model: AdaptedModel | Sequence[AdaptedModel], inputs: Sequence
     pending = _pending(listing, batches, jobs)
     writer = _FileWriter(jobs, listing, sum(len(batches[number]) for number in pending), progress)
     if pending:
-        _run(_PredictModule(models, sampling, _ReadImage(listing), batches, pending, workers), writer,
+        run_prediction(PredictModule(models, sampling, ReadImage(listing), batches, pending, workers), writer,
              where or Placement(devices=1))
     else:  # nothing left to predict (a finished run, or one killed before its record): the record still
         writer.merge()
@@ -749,36 +768,45 @@ def thumbnail(picture: np.ndarray, cell: int) -> np.ndarray:
     return np.asarray(to_pil(picture).resize((cell, cell), Image.Resampling.NEAREST), np.float32) / 255.0
 
 
-class _MetricWriter(_Writer):
+class _MetricWriter(BatchWriter):
     """Scores each batch with the codec's torchmetrics (synced across ranks at the end) and keeps the grid's
     first rows as small tiles; never holds the samples themselves."""
 
     def __init__(self, model: AdaptedModel, metrics: list[str] | None, ids: list[str], grid: int, total: int,
-                 progress: bool) -> None:
+                 progress: bool, uncertain: bool = False) -> None:
         super().__init__(total, progress, "evaluate")
         self.model, self.ids, self.grid = model, ids, grid
         self.collection = build_codec_metrics(model.codec, metrics)  # not a module child: it stays on the CPU
+        self.error_auroc = ErrorAUROC() if uncertain else None
         self.rows: dict[int, tuple[np.ndarray, ...]] = {}
         self.skipped: dict[int, str] = {}
         self.scored: list[int] = []
         self.values: dict[str, float] = {}
 
-    def consume(self, prediction: _Predicted) -> None:
+    def consume(self, prediction: Predicted) -> None:
         codec = self.model.codec
         for item in prediction.batch:
             if item.problem:
                 self.skipped[item.index] = item.problem
                 continue
-            image = combine_ensemble(codec, prediction.members[0][item.index])
+            image = codec.combine([m.image for m in prediction.members[0][item.index]])
             self.collection.update(codec.decode(image), item.target)
             self.scored.append(item.index)
+            pictures = [item.image, image, codec.encode(item.target)]
+            if self.error_auroc is not None:
+                uncertainty = prediction.uncertainty[0][item.index]
+                self.error_auroc.update(uncertainty, wrong_pixels(codec, image, item.target))
+                pictures.append(heat(uncertainty))
             if item.index < self.grid:
-                self.rows[item.index] = tuple(thumbnail(p, 128) for p in (item.image, image, codec.encode(item.target)))
+                self.rows[item.index] = tuple(thumbnail(p, 128) for p in pictures)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for metric in self.collection.values():
             metric.process_group = self.group  # the CPU group; None (one process) syncs nothing
         self.values = {name: float(value) for name, value in self.collection.compute().items()}
+        if self.error_auroc is not None:
+            self.error_auroc.process_group = self.group
+            self.values["error_auroc"] = float(self.error_auroc.compute())
         gathered = self.exchange((self.rows, self.skipped, self.scored))
         self.rows = {index: row for rows, _, _ in gathered for index, row in rows.items()}
         self.skipped = {index: reason for _, part, _ in gathered for index, reason in part.items()}
@@ -813,16 +841,19 @@ def evaluate(model: AdaptedModel, samples: Sequence[Sample] | DataSource, out: s
              metrics: list[str] | None = None, steps: int | None = None, guidance: float | None = None,
              ensemble: int | None = None, seed: int | None = None, grid: int = 8,
              progress: bool = True, split: str = "", *, ids: Sequence[str] | None = None, workers: int = 0,
-             batch_size: int | None = None, where: Placement | None = None) -> EvalReport:
+             batch_size: int | None = None, where: Placement | None = None,
+             uncertainty: str | None = None) -> EvalReport:
     """Predict, decode and score with torchmetrics every pair of `samples` (a list of samples, or a data source
     with the `ids` to evaluate, default all, loaded as they are needed); write metrics.json, report.md,
     grid.png to `out` (rank 0). Pairs that cannot be loaded are skipped and listed; `where` says on which
     devices and machines (metrics are synced across ranks).
 
     `split` names what was evaluated (`test`, or a folder's name): it is recorded, and `adaptkit push` puts
-    recorded evaluations into the model card.
+    recorded evaluations into the model card. With an `uncertainty` estimator (`adaptkit.uncertainty`), the
+    grid shows each map and `error_auroc` says how well the maps rank the wrong pixels.
     """
-    chosen = model.sampling(steps=steps, guidance=guidance, ensemble=ensemble, seed=seed, batch_size=batch_size)
+    chosen = model.sampling(steps=steps, guidance=guidance, ensemble=ensemble, seed=seed, batch_size=batch_size,
+                            uncertainty=uncertainty)
     in_memory = not hasattr(samples, "load")
     ids = [s.id for s in samples] if in_memory else list(samples.ids() if ids is None else ids)
     build_codec_metrics(model.codec, metrics)  # an unknown metric name fails here, before any prediction
@@ -832,10 +863,11 @@ def evaluate(model: AdaptedModel, samples: Sequence[Sample] | DataSource, out: s
     if out is not None:
         out = writable_folder(out)
     batches = plan_batches(len(ids), chosen["batch_size"])
-    writer = _MetricWriter(model, metrics, ids, grid, len(ids), progress)
+    writer = _MetricWriter(model, metrics, ids, grid, len(ids), progress, uncertain=uncertainty is not None)
     if ids:
-        _run(_PredictModule([model], [chosen], _ReadSample(samples, ids), batches, list(range(len(batches))), workers),
-             writer, where or Placement(devices=1))
+        read = _ReadSample(samples, ids)
+        module = PredictModule([model], [chosen], read, batches, list(range(len(batches))), workers)
+        run_prediction(module, writer, where or Placement(devices=1))
     else:
         writer.values = {name: float(value) for name, value in writer.collection.compute().items()}
     skipped = {ids[i]: reason for i, reason in sorted(writer.skipped.items())}
@@ -844,11 +876,12 @@ def evaluate(model: AdaptedModel, samples: Sequence[Sample] | DataSource, out: s
                         writer.seconds / max(len(scored), 1), skipped, writer.world, writer.rank == 0)
     if out is not None and writer.rank == 0:
         record = {"metrics": report.metrics, "split": split, "images": report.images, "steps": report.steps,
-                  "guidance": report.guidance, "ensemble": report.ensemble,
+                  "guidance": report.guidance, "ensemble": report.ensemble, "uncertainty": uncertainty,
                   "seconds_per_image": report.seconds_per_image, "ids": scored, "skipped": skipped}
         write_atomic(out / "metrics.json", json.dumps(record, indent=2) + "\n")
         write_atomic(out / "report.md", f"# Evaluation: {model.prompt}\n\n{report.table()}\n")
-        save_grid(out / "grid.png", [writer.rows[i] for i in sorted(writer.rows)])
+        save_grid(out / "grid.png", [writer.rows[i] for i in sorted(writer.rows)],
+                  titles=("input", "prediction", "target", f"uncertainty ({uncertainty})"))
     return report
 
 

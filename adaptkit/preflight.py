@@ -78,11 +78,13 @@ def suspicious(recipe: Recipe, train_images: int) -> list[str]:
     return found
 
 
-def preflight(recipe: Recipe, decode: tuple[str, ...] = ("train", "val")) -> Preflight:
-    """Check the recipe against its codec, this machine and its data, decoding the `decode` splits."""
+def preflight(recipe: Recipe, decode: tuple[str, ...] = ("train", "val"), splits: Splits | None = None) -> Preflight:
+    """Check the recipe against its codec, this machine and its data, decoding the `decode` splits: the recipe's
+    own draw, or the given `splits` (ids of its data; a learning curve's subsets)."""
     codec = build_codec(recipe.task.codec, recipe.task.codec_args)
     check_machine(recipe)
-    source, splits = load_splits(recipe.data, codec)
+    source, drawn = load_splits(recipe.data, codec)
+    splits = splits or drawn
     chosen = {name: getattr(splits, name) for name in decode}
     loaded = check_all(source, [id for ids in chosen.values() for id in ids])
     samples, start = {}, 0

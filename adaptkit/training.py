@@ -516,19 +516,20 @@ def placement(accelerator: str, devices: str | int, strategy: str, precision: st
 
 def train(recipe: Recipe, out: str | Path, resume: bool = False, generalist: Generalist | None = None,
           progress: bool = True, cache_dir: str | Path | None = None,
-          callbacks: list[L.Callback] | None = None) -> TrainResult:
+          callbacks: list[L.Callback] | None = None, splits: Splits | None = None) -> TrainResult:
     """Train the recipe's adapter into `out` (see the module docstring for the steps).
 
     `generalist` skips loading the recipe's base (e.g. one shared by sweep trials): it is handed back
     exactly as it was found (see `lend`), so call `train` on it again and again. Its text encoders are
     kept, so drop them first to free their memory once its prompts are cached. `cache_dir` holds the
     latent cache (default `out/cache`; trials of a sweep share one). `callbacks` are extra Lightning
-    callbacks (a sweep's pruning callback, say).
+    callbacks (a sweep's pruning callback, say). `splits` trains on exactly these pair ids of the recipe's
+    data instead of the recipe's own draw (a learning curve's nested subsets); they are what the adapter records.
     """
     if generalist is None:
-        return _train(recipe, out, resume, None, progress, cache_dir, callbacks)
+        return _train(recipe, out, resume, None, progress, cache_dir, callbacks, splits)
     with lend(generalist, recipe.base.resolution):
-        return _train(recipe, out, resume, generalist, progress, cache_dir, callbacks)
+        return _train(recipe, out, resume, generalist, progress, cache_dir, callbacks, splits)
 
 
 @contextmanager
@@ -558,14 +559,14 @@ def lend(generalist: Generalist, resolution: int | None = None) -> Iterator[Gene
 
 
 def _train(recipe: Recipe, out: str | Path, resume: bool, generalist: Generalist | None, progress: bool,
-           cache_dir: str | Path | None, callbacks: list[L.Callback] | None) -> TrainResult:
+           cache_dir: str | Path | None, callbacks: list[L.Callback] | None, splits: Splits | None) -> TrainResult:
     out = Path(out)
     last_checkpoint = out / "checkpoints" / "last.ckpt"
     if out.exists() and not out.is_dir():
         raise FileError(out, "the output folder is a file, not a folder", "choose another --out")
     resume_step = _check_resume(recipe, out, resume, last_checkpoint)
     # 1. the recipe and the data, before any model: every bad pair and every bad value reported at once
-    checked = preflight(recipe)
+    checked = preflight(recipe, splits=splits)
     codec, splits = checked.codec, checked.splits
     train_samples, val_samples = checked.samples["train"], checked.samples["val"]
     for warning in checked.warnings:

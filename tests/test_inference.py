@@ -225,18 +225,20 @@ def test_two_cpu_processes_give_the_bytes_and_metrics_of_one(tmp_path):
     results = {}
     for processes in (1, 2):
         ddp = ["--accelerator", "cpu", "--devices", processes, "--strategy", "ddp"]
-        made = _subprocess("predict", *TINY, tmp_path / "in", "--recursive", "--out", tmp_path / f"p{processes}", *ddp)
+        made = _subprocess("predict", *TINY, tmp_path / "in", "--recursive", "--out", tmp_path / f"p{processes}",
+                           "--uncertainty", "flips", *ddp)
         assert made.returncode == 0, made.stderr[-3000:]
         assert f"on {processes} process(es)" in made.stdout
         scored = _subprocess("eval", "--task", "segmentation", "--base", "tiny", "--data", data, "--steps", "2",
-                             "--batch-size", "2", "--out", tmp_path / f"e{processes}", *ddp)
+                             "--batch-size", "2", "--out", tmp_path / f"e{processes}", "--uncertainty", *ddp)
         assert scored.returncode == 0, scored.stderr[-3000:]
         results[processes] = json.loads((tmp_path / f"e{processes}" / "metrics.json").read_text())
     one, two = _files(tmp_path / "p1"), _files(tmp_path / "p2")
-    assert len(one) == 10 and one == two  # 9 predictions and predictions.json, byte for byte
+    assert len(one) == 19 and one == two  # 9 predictions, their 9 uncertainty maps and predictions.json, byte for byte
     record = json.loads(one["predictions.json"])
     assert len(record["written"]) == 9 and list(record["skipped"]) == [str(tmp_path / "in/a/bad.png")]
     assert results[1]["metrics"] == results[2]["metrics"] and results[2]["images"] == 7
+    assert "error_auroc" in results[2]["metrics"]  # its histograms summed across the processes
     assert results[1]["ids"] == results[2]["ids"]
     assert (tmp_path / "e1" / "grid.png").read_bytes() == (tmp_path / "e2" / "grid.png").read_bytes()
 

@@ -240,6 +240,22 @@ class Codec(ABC):
         or None; data checks call it before anything trains on the set. This default finds nothing."""
         return None
 
+    def combine(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """One colour image from an ensemble's samples: their mean for a continuous encoding, a per-pixel vote
+        for a discrete one (``resample`` says which).
+
+        The vote is the medoid colour per pixel (the sample's colour closest to the others'), which keeps
+        decoded labels crisp where a mean would blend two classes' colours into a third.
+        """
+        stack = np.stack(images)
+        if len(stack) == 1:
+            return stack[0]
+        if self.resample == "bilinear":
+            return stack.mean(axis=0)
+        distances = np.abs(stack[:, None] - stack[None]).sum(axis=(1, -1))  # (K, H, W)
+        best = distances.argmin(axis=0)
+        return np.take_along_axis(stack, best[None, ..., None], axis=0)[0]
+
     def hflip(self, target: Any) -> Any:
         """The target of the horizontally flipped image (for joint image / target augmentation); this default
         mirrors an (H, W, ...) array, which is right wherever values do not depend on direction."""
