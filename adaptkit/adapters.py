@@ -283,7 +283,8 @@ class AdaptedModel:
         chosen["deterministic"] = self.objective == "single_step"
         chosen["members"] = 1 if chosen["deterministic"] else chosen["ensemble"]
         if chosen["uncertainty"] is not None:
-            check_estimator(self.codec, chosen["uncertainty"], chosen["deterministic"], chosen["members"])
+            mirrored = bool(self.meta.recipe.get("data", {}).get("hflip", True)) if self.meta else True
+            check_estimator(self.codec, chosen["uncertainty"], chosen["deterministic"], chosen["members"], mirrored)
         return chosen
 
     def predict_members(self, arrays: Sequence[np.ndarray], indices: Sequence[int],

@@ -43,8 +43,9 @@ class UncertaintyError(AdaptkitError, ValueError):
     """An estimator this model or codec cannot use: names it and what to use instead."""
 
 
-def check_estimator(codec: Codec, estimator: str, deterministic: bool, members: int) -> None:
-    """Refuse, in one line, an estimator that would give a meaningless map for this codec and sampling."""
+def check_estimator(codec: Codec, estimator: str, deterministic: bool, members: int, mirrored: bool = True) -> None:
+    """Refuse, in one line, an estimator that would give a meaningless map for this codec and sampling.
+    `mirrored`: whether the adapter was trained on mirrored images too (`data.hflip`), which `flips` relies on."""
     if estimator not in ESTIMATORS:
         raise UncertaintyError(f"unknown uncertainty estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     if not codec.deterministic_ok:
@@ -54,6 +55,11 @@ def check_estimator(codec: Codec, estimator: str, deterministic: bool, members: 
         raise UncertaintyError(f"uncertainty 'margin' measures the distance to the nearest clean colour, which the "
                                f"continuous codec {codec.name} does not have: use --uncertainty flips (or samples "
                                "for a flow-trained adapter)")
+    if estimator == "flips" and not mirrored:
+        raise UncertaintyError("uncertainty 'flips' compares a prediction with that of the mirrored image, but this "
+                               "adapter was trained without mirrored images (data.hflip false), so they need not "
+                               "agree: use --uncertainty " + ("margin" if codec.resample == "nearest" else
+                                                              "samples with a flow-trained adapter"))
     if estimator == "samples" and (deterministic or members < 2):
         why = ("this adapter predicts in one deterministic pass (train.objective single_step)" if deterministic
                else f"the ensemble draws {members} sample")

@@ -12,12 +12,15 @@ import pytest
 import torch
 from PIL import Image
 from scipy.stats import mannwhitneyu
+from tiny_recipes import shadow_recipe
 
 from adaptkit import ErrorAUROC, UncertaintyError
 from adaptkit.cli import main
 from adaptkit.codecs import build_codec
 from adaptkit.data import Sample
 from adaptkit.inference import builtin_task, evaluate
+from adaptkit.recipe import load_recipe
+from adaptkit.training import train
 from adaptkit.uncertainty import check_estimator, load_map, margin, mirrored, spread, wrong_pixels
 
 TINY = ["segmentation", "--base", "tiny", "--steps", "2", "--batch-size", "2"]
@@ -91,6 +94,20 @@ def test_an_estimator_the_model_cannot_use_is_refused_naming_what_to_use(codec, 
     with pytest.raises(UncertaintyError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_estimator(build_codec(codec), estimator, deterministic, members)
 
+
+
+def test_flips_is_refused_for_an_adapter_trained_without_mirrored_images(tmp_path, capsys):
+    """A left/right-sensitive task trains with data.hflip false: its mirrored prediction need not agree."""
+    recipe = load_recipe(shadow_recipe("unmirrored", data={"train_shots": 2, "val_shots": 0, "hflip": False},
+                                       train={"steps": 1, "batch_size": 2, "val_every": 1, "warmup": 0}))
+    adapter = train(recipe, tmp_path / "run", progress=False).adapter
+    picture = _image(tmp_path / "in" / "a.png", 0)
+    code, _, err = _cli(capsys, "predict", adapter, picture, "--out", tmp_path / "out", "--uncertainty")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "trained without mirrored images (data.hflip false)" in err and "use --uncertainty margin" in err
+    assert not (tmp_path / "out").exists()
+    code, _, err = _cli(capsys, "predict", adapter, picture, "--out", tmp_path / "out", "--uncertainty", "margin")
+    assert code == 0 and (tmp_path / "out" / "a.uncertainty.png").is_file(), err
 
 def test_predict_writes_each_estimators_map_beside_the_prediction_as_computed_from_the_predictions(
         tmp_path, capsys):
