@@ -55,9 +55,8 @@ SD3_TEXT_PARAMETERS, SD3_TEXT_STORED_BYTES = 5_570_000_000, 2
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes a run holds, by kind, and the three moments it can peak at: `loading` (the weights with the
-    text encoders, before they are freed), `encoding`
-    (the VAE caching the data set) and `step` (a training step, or one inference batch). `peak` is the
-    largest."""
+    text encoders, before they are freed), `encoding` (the VAE caching the data set) and `step` (a training
+    step, or one inference batch). `peak` is the largest."""
 
     weights: int
     text_encoders: int
@@ -128,7 +127,9 @@ def estimate_memory(shapes: BaseShapes, resolution: int, batch_size: int, rank: 
         raise ValueError(f"precision must be one of {sorted(SAVED_PER_TOKEN_WIDTH)}, got {precision!r}")
     on_gpu = device.startswith("cuda")
     weight_bytes = 2 if precision == "bf16-mixed" else 4
-    vae_bytes = weight_bytes if on_gpu else 4  # a CPU keeps the VAE in fp32 (`Generalist.to_runtime`)
+    from adaptkit.generalist import vae_dtype  # where the rule lives (a CPU keeps the VAE in fp32)
+
+    vae_bytes = vae_dtype(device, torch.bfloat16 if weight_bytes == 2 else torch.float32).itemsize
     weights = ((shapes.transformer_parameters + shapes.point_parameters) * weight_bytes
                + shapes.vae_parameters * vae_bytes)
     # on a CPU the text encoders count as stored (memory-mapped); a GPU receives them cast
